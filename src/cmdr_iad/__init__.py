@@ -1,0 +1,20 @@
+"""cmdr-iad: CMDR-IAD (Cross-Modal Mapping and Dual-Branch Reconstruction) for industrial
+anomaly detection on RGB images and 3D point clouds (arXiv 2603.03939)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "CMDRIAD", "presets"]
+
+
+def __getattr__(name: str):  # lazy: importing the package must stay cheap (no torch import)
+    if name == "CMDRIAD":
+        from .detector import CMDRIAD
+
+        return CMDRIAD
+    if name == "presets":
+        from . import presets
+
+        return presets
+    raise AttributeError(name)

@@ -1,0 +1,36 @@
+"""Options and helpers shared by the CLI verbs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="compute device (auto: CUDA when available)")
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dino-weights", metavar="FILE", default=None,
+                   help="DINO ViT-B/8 weights (timm .safetensors/.bin or dino_vitbase8_pretrain.pth)")
+    p.add_argument("--point-mae-weights", metavar="FILE", default=None,
+                   help="Point-MAE pretrain.pth")
+    p.add_argument("--random-backbones", action="store_true",
+                   help="use randomly initialised encoders (testing only; recorded in every output)")
+
+
+def resolve_device(name: str):
+    """'auto' → cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from ..errors import UserInputError
+
+        raise UserInputError("--device cuda was requested but CUDA is not available")
+    return torch.device(name)

@@ -1,0 +1,1 @@
+"""Datasets, readers, transforms, preprocessing and the synthetic generator."""

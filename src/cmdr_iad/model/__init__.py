@@ -1,0 +1,1 @@
+"""Networks and pure tensor math of CMDR-IAD (no IO): mapping MLPs, decoders, loss, fusion."""
