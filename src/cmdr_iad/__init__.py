@@ -9,12 +9,10 @@ __all__ = ["__version__", "CMDRIAD", "presets"]
 
 
 def __getattr__(name: str):  # lazy: importing the package must stay cheap (no torch import)
+    import importlib
+
     if name == "CMDRIAD":
-        from .detector import CMDRIAD
-
-        return CMDRIAD
+        return importlib.import_module(".detector", __name__).CMDRIAD
     if name == "presets":
-        from . import presets
-
-        return presets
+        return importlib.import_module(".presets", __name__)
     raise AttributeError(name)
