@@ -1,0 +1,118 @@
+"""Synthetic generator: determinism, defect visibility per modality, scan realism, round trip."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from cmdr_iad.data.mvtec3d import MVTec3DDataset, list_categories
+from cmdr_iad.data.synthetic import (
+    DEFECT_TYPES,
+    SHAPES,
+    category_names,
+    generate_dataset,
+    synth_sample,
+)
+from cmdr_iad.errors import UserInputError
+
+SIZE = (64, 80)
+
+
+def test_deterministic_by_seed():
+    a = synth_sample("ring", seed=3, size=SIZE, defect="crack")
+    b = synth_sample("ring", seed=3, size=SIZE, defect="crack")
+    c = synth_sample("ring", seed=4, size=SIZE, defect="crack")
+    for f in ("rgb", "xyz", "gt"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert not np.array_equal(a.rgb, c.rgb) and not np.array_equal(a.xyz, c.xyz)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("defect", list(DEFECT_TYPES))
+def test_defect_changes_only_its_modalities_inside_gt(shape, defect):
+    clean = synth_sample(shape, seed=11, size=SIZE)
+    bad = synth_sample(shape, seed=11, size=SIZE, defect=defect)
+    assert not clean.gt.any() and bad.gt.sum() >= 4
+    rgb_diff = np.any(clean.rgb != bad.rgb, axis=-1)
+    xyz_diff = np.any(clean.xyz != bad.xyz, axis=-1)
+    visible = DEFECT_TYPES[defect]
+    assert not (rgb_diff & ~bad.gt).any() and not (xyz_diff & ~bad.gt).any()  # pixel-accurate GT
+    assert rgb_diff.any() == ("rgb" in visible)
+    assert xyz_diff.any() == ("xyz" in visible)
+    if visible == "rgb":
+        assert rgb_diff.sum() >= 0.9 * bad.gt.sum()
+    if visible == "xyz":  # most GT pixels carry a visible height change (> 0.3 mm)
+        dz = np.abs(clean.xyz[..., 2] - bad.xyz[..., 2])
+        valid = np.any(bad.xyz != 0, axis=-1)
+        assert (dz[bad.gt & valid] > 3e-4).mean() > 0.6
+
+
+def test_scan_has_table_plane_missing_points_and_variation():
+    s = synth_sample("dome", seed=[1, 2], size=(96, 96))
+    valid = np.any(s.xyz != 0, axis=-1)
+    assert 0.005 < (~valid).mean() < 0.5  # missing points like a real scan
+    # the image border shows the table: a plane fits its points to sensor noise
+    border = np.zeros(valid.shape, bool)
+    border[:10], border[-10:], border[:, :10], border[:, -10:] = True, True, True, True
+    p = s.xyz[border & valid].astype(np.float64)
+    A = np.c_[p[:, 0], p[:, 1], np.ones(len(p))]
+    coef, *_ = np.linalg.lstsq(A, p[:, 2], rcond=None)
+    res = p[:, 2] - A @ coef
+    assert len(p) > 500 and np.abs(res).max() < 1e-3
+    # the object rises above the table (closer to the camera) by millimetres
+    z_plane = np.c_[s.xyz[..., 0][valid], s.xyz[..., 1][valid], np.ones(valid.sum())] @ coef
+    assert (z_plane - s.xyz[..., 2][valid]).max() > 0.01
+    # samples of one category differ (pose, scale, lighting)
+    t = synth_sample("dome", seed=[1, 3], size=(96, 96))
+    assert np.abs(s.rgb.astype(int) - t.rgb.astype(int)).mean() > 3
+
+
+def test_generate_dataset_round_trip(tmp_path):
+    t0 = time.perf_counter()
+    root = generate_dataset(tmp_path / "d", categories=2, n_train=4, n_val=2, n_test_good=2,
+                            n_test_defect=1, size=(128, 128), seed=1)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 30  # 2 categories × 12 samples at 128×128: a few seconds
+    assert list_categories(root) == sorted(category_names(2))
+    meta = json.loads((root / "synthetic.json").read_text())
+    assert meta["seed"] == 1 and set(meta["defect_types"]) == set(DEFECT_TYPES)
+    test = MVTec3DDataset(root, "ring", "test")
+    assert len(test) == 2 + len(DEFECT_TYPES)
+    assert len(MVTec3DDataset(root, "puck", "validation")) == 2
+    # the readers read back exactly what the generator renders
+    for s in (MVTec3DDataset(root, "puck", "train")[3], test[test.defect_types.index("stain")]):
+        cat, split, dtype, idx = s.key.split("/")
+        seed = [1, SHAPES.index(cat), 1, {"train": 0, "test": 2}[split],
+                0 if dtype == "good" else 1 + list(DEFECT_TYPES).index(dtype), int(idx)]
+        ref = synth_sample(cat, seed=seed, size=(128, 128), defect=None if dtype == "good" else dtype)
+        np.testing.assert_array_equal(s.rgb, ref.rgb)
+        np.testing.assert_array_equal(s.xyz, ref.xyz)
+        if s.gt is not None:
+            np.testing.assert_array_equal(s.gt, ref.gt)
+    # a rerun replaces the previous set; the same arguments give identical files
+    before = (root / "ring/test/crack/xyz/000.tiff").read_bytes()
+    generate_dataset(root, categories=["ring"], n_train=1, n_val=0, n_test_good=0, n_test_defect=1,
+                     size=(128, 128), seed=1, defect_types=("crack",))
+    assert (root / "ring/test/crack/xyz/000.tiff").read_bytes() == before
+    assert list_categories(root) == ["ring"] and not (root / "ring/train/good/rgb/001.png").exists()
+    # a folder holding something else is never overwritten
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep")
+    with pytest.raises(UserInputError, match="not empty"):
+        generate_dataset(tmp_path / "other", categories=1, n_train=1)
+
+
+def test_category_names_and_bad_arguments(tmp_path):
+    assert category_names(6) == ["puck", "ring", "tile", "dome", "puck2", "ring2"]
+    s2 = synth_sample("puck2", seed=0, size=(32, 32))
+    s1 = synth_sample("puck", seed=0, size=(32, 32))
+    assert not np.array_equal(s1.rgb, s2.rgb)
+    for bad in ({"categories": ["bagel"]}, {"n_train": 0}, {"n_test_good": -1},
+                {"defect_types": ("scratch",)}):
+        with pytest.raises(ValueError):
+            generate_dataset(tmp_path / "x", **bad)
+    with pytest.raises(ValueError):
+        synth_sample("puck", size=(8, 8))
