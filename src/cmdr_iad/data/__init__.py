@@ -1,1 +1,30 @@
-"""Datasets, readers, transforms, preprocessing and the synthetic generator."""
+"""Datasets, readers, transforms, preprocessing and the synthetic generator.
+
+Lazy re-exports keep `import cmdr_iad.data` cheap (no torch import until needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Sample": ".sample",
+    "TransformedSample": ".sample",
+    "collate": ".sample",
+    "MVTec3DDataset": ".mvtec3d",
+    "list_categories": ".mvtec3d",
+    "transform_sample": ".transforms",
+    "to_original": ".transforms",
+    "read_points": ".pointcloud_io",
+    "read_organized": ".pointcloud_io",
+    "load_sample": ".folder",
+    "generate_dataset": ".synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(name)
