@@ -54,3 +54,12 @@ def recipe(golden):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(autouse=True)
+def _offline_weights(monkeypatch, tmp_path_factory):
+    """Tests never download: weights resolution is offline and looks only in an empty temp home."""
+    home = tmp_path_factory.mktemp("cmdr_iad_home")
+    monkeypatch.setenv("CMDR_IAD_OFFLINE", "1")
+    monkeypatch.setenv("CMDR_IAD_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "xdg"))
