@@ -1,0 +1,282 @@
+"""On-disk feature cache.
+
+Features are pure functions of (input file contents, extractor cache key), so each sample is
+extracted once and reused across epochs and runs. Layout::
+
+    root/<extractor key>-<f32|f16>/identity.json          what produced the entries
+    root/<extractor key>-<f32|f16>/<sample key>/f2d.npy  (768,G,G)   memory-mappable
+                                                 f3d.npy  (1152,G,G)
+                                                 valid.npy (G,G) bool
+                                                 meta.json shapes, dtypes, byte sizes, SHA-256
+
+An entry is written into a temporary folder and renamed into place only when complete, so a
+crash never leaves a half-written entry under its final name. On read, every file is checked
+against the sizes, shapes and dtypes recorded in `meta.json` (and, with `verify=True`, its
+SHA-256); a damaged entry is deleted and treated as missing. Any change of the extractor key
+(config, weights, feature version) or of the input files' bytes selects another entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserInputError
+from .extractor import Features
+
+__all__ = ["FeatureCache", "CachedFeatures", "hash_files", "hash_bytes"]
+
+CACHE_FORMAT = 1
+_DTYPES = {"float32": np.float32, "float16": np.float16}
+_ARRAYS = ("f2d", "f3d", "valid")
+
+
+def hash_bytes(*chunks: bytes) -> str:
+    """SHA-256 over length-prefixed byte chunks (so ("ab","c") ≠ ("a","bc"))."""
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(len(c).to_bytes(8, "little"))
+        h.update(c)
+    return h.hexdigest()
+
+
+def hash_files(paths: Iterable[str | os.PathLike | None], extra: str = "") -> str:
+    """Sample key: SHA-256 over the contents of `paths` in order (names do not matter).
+
+    `None` entries (e.g. no RGB file in 3D-only mode) are recorded as absent; `extra` adds any
+    per-sample parameter that changes the extractor input but is not in the extractor config.
+    """
+    parts: list[bytes] = [b"cmdr-iad-sample-v1", extra.encode()]
+    for p in paths:
+        if p is None:
+            parts.append(b"<none>")
+            continue
+        h = hashlib.sha256()
+        try:
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+        except OSError as e:
+            raise UserInputError(f"cannot read {p} to hash it for the feature cache: {e}") from e
+        parts.append(h.digest())
+    return hash_bytes(*parts)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class CachedFeatures:
+    """One cached sample: read-only memory-mapped arrays (no batch axis).
+
+    f2d: (768,G,G) or None; f3d: (1152,G,G) or None; valid: (G,G) bool.
+    """
+
+    sample_key: str
+    path: Path
+    f2d: np.ndarray | None
+    f3d: np.ndarray | None
+    valid: np.ndarray
+
+    def to_features(self, device: str | torch.device = "cpu",
+                    identity: dict[str, Any] | None = None) -> Features:
+        """A batch-1 `Features` in float32 on `device` (copies the data into memory)."""
+        def t(a):
+            return None if a is None else torch.from_numpy(np.array(a, dtype=np.float32))[None].to(device)
+
+        valid = torch.from_numpy(np.array(self.valid, dtype=bool))[None].to(device)
+        return Features(t(self.f2d), t(self.f3d), valid, dict(identity or {}))
+
+
+class FeatureCache:
+    """A folder of cached per-sample features; see the module docstring.
+
+    `dtype` is the storage precision ("float32" default, "float16" halves the disk use);
+    entries of different precisions never mix. `verify=True` also checks each file's SHA-256
+    on every read (slow for paper-size features; sizes, shapes and dtypes are always checked).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, dtype: str = "float32", verify: bool = False):
+        if dtype not in _DTYPES:
+            raise UserInputError(f"feature cache dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+        self.root = Path(root)
+        self.dtype = dtype
+        self.verify = verify
+
+    # ------------------------------------------------------------------ paths
+
+    def folder(self, extractor_key: str) -> Path:
+        _check_key(extractor_key, "extractor key")
+        return self.root / f"{extractor_key}-{'f16' if self.dtype == 'float16' else 'f32'}"
+
+    def entry_path(self, sample_key: str, extractor_key: str) -> Path:
+        _check_key(sample_key, "sample key")
+        return self.folder(extractor_key) / sample_key
+
+    # ------------------------------------------------------------------ read
+
+    def get(self, sample_key: str, extractor_key: str) -> CachedFeatures | None:
+        """The cached entry, or None when absent or damaged (a damaged entry is removed)."""
+        path = self.entry_path(sample_key, extractor_key)
+        if not path.is_dir():
+            return None
+        try:
+            return self._read(sample_key, path)
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+
+    def __contains__(self, keys: tuple[str, str]) -> bool:
+        return self.get(*keys) is not None
+
+    def _read(self, sample_key: str, path: Path) -> CachedFeatures:
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT or meta.get("sample_key") != sample_key:
+            raise ValueError("cache entry metadata does not match")
+        arrays: dict[str, np.ndarray | None] = {}
+        for name in _ARRAYS:
+            info = meta["arrays"].get(name)
+            if info is None:
+                arrays[name] = None
+                continue
+            f = path / f"{name}.npy"
+            if f.stat().st_size != info["nbytes_file"]:
+                raise ValueError(f"{f} has the wrong size (truncated?)")
+            if self.verify and _file_sha256(f) != info["sha256"]:
+                raise ValueError(f"{f} fails its checksum")
+            a = np.load(f, mmap_mode="r", allow_pickle=False)
+            if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"]:
+                raise ValueError(f"{f} has an unexpected shape or dtype")
+            arrays[name] = a
+        if arrays["valid"] is None:
+            raise ValueError("cache entry without a valid mask")
+        return CachedFeatures(sample_key, path, arrays["f2d"], arrays["f3d"], arrays["valid"])
+
+    # ------------------------------------------------------------------ write
+
+    def put(self, sample_key: str, extractor_key: str, features: Features,
+            identity: dict[str, Any] | None = None) -> CachedFeatures:
+        """Store one sample (`features` of batch 1) atomically; returns the stored entry."""
+        if features.batch_size != 1:
+            raise UserInputError(f"put() stores one sample; got a batch of {features.batch_size} "
+                                 "(use put_batch)")
+        final = self.entry_path(sample_key, extractor_key)
+        folder = final.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self._write_identity(folder, identity if identity is not None else features.identity)
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{sample_key[:16]}-"))
+        try:
+            meta: dict[str, Any] = {"format": CACHE_FORMAT, "sample_key": sample_key,
+                                    "extractor_key": extractor_key, "arrays": {}}
+            store = _DTYPES[self.dtype]
+            for name in _ARRAYS:
+                t = getattr(features, name)
+                if t is None:
+                    continue
+                a = t[0].detach().cpu().numpy()
+                a = a.astype(bool) if name == "valid" else a.astype(store)
+                f = tmp / f"{name}.npy"
+                with open(f, "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(a), allow_pickle=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                meta["arrays"][name] = {"shape": list(a.shape), "dtype": a.dtype.str,
+                                        "nbytes_file": f.stat().st_size,
+                                        "sha256": _file_sha256(f)}
+            with open(tmp / "meta.json", "w") as fh:  # written last: marks a complete entry
+                json.dump(meta, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._install(tmp, final, sample_key)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        entry = self.get(sample_key, extractor_key)
+        if entry is None:  # pragma: no cover - only if the disk fails under us
+            raise OSError(f"feature cache entry {final} could not be read back")
+        return entry
+
+    def _install(self, tmp: Path, final: Path, sample_key: str) -> None:
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError:
+            pass
+        # the final name exists: keep it if it is a good entry (another writer), else replace it
+        try:
+            self._read(sample_key, final)
+            return
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            pass
+        trash = final.with_name(f".trash-{uuid.uuid4().hex}")
+        try:
+            os.rename(final, trash)
+        except OSError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(tmp, final)
+
+    def _write_identity(self, folder: Path, identity: dict[str, Any]) -> None:
+        f = folder / "identity.json"
+        if f.is_file() or not identity:
+            return
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".identity.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(identity, fh, indent=1, sort_keys=True, default=str)
+            os.replace(tmp, f)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def put_batch(self, sample_keys: list[str], extractor_key: str,
+                  features: Features) -> list[CachedFeatures]:
+        """Store a batch, one entry per sample key."""
+        parts = features.split()
+        if len(parts) != len(sample_keys):
+            raise UserInputError(f"{len(sample_keys)} sample keys for a batch of {len(parts)}")
+        return [self.put(k, extractor_key, f) for k, f in zip(sample_keys, parts, strict=True)]
+
+    def get_or_compute(self, sample_key: str, extractor_key: str,
+                       fn: Callable[[], Features]) -> CachedFeatures:
+        """The cached entry; on a miss, `fn()` (a batch-1 `Features`) is computed and stored."""
+        hit = self.get(sample_key, extractor_key)
+        if hit is not None:
+            return hit
+        return self.put(sample_key, extractor_key, fn())
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def keys(self, extractor_key: str) -> list[str]:
+        """Sample keys with a (complete-looking) entry for this extractor."""
+        folder = self.folder(extractor_key)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").is_file())
+
+    def clear(self, extractor_key: str | None = None) -> None:
+        """Delete the entries of one extractor (or the whole cache)."""
+        target = self.folder(extractor_key) if extractor_key else self.root
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _check_key(key: str, what: str) -> None:
+    if not isinstance(key, str) or not key or not all(c.isalnum() or c in "-_" for c in key):
+        raise UserInputError(f"{what} must be a non-empty string of letters, digits, '-' or '_', "
+                             f"got {key!r}")
