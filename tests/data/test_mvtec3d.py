@@ -166,3 +166,21 @@ def test_load_sample_validates_sizes(synth_root, synth_size, tmp_path):
         load_sample(d / "rgb/000.png", gt_path=small)
     with pytest.raises(UserInputError):
         load_sample()
+
+
+def test_square_padded_cloud_next_to_non_square_rgb(tmp_path):
+    """`preprocess` writes xyz padded to S×S while RGB/GT stay H×W: accepted, other sizes are not."""
+    from cmdr_iad.data.transforms import pad_square
+
+    d = tmp_path / "part" / "train" / "good"
+    (d / "rgb").mkdir(parents=True)
+    (d / "xyz").mkdir()
+    rgb = np.full((20, 30, 3), 90, np.uint8)
+    xyz = np.ones((20, 30, 3), np.float32)
+    Image.fromarray(rgb).save(d / "rgb" / "000.png")
+    write_organized(d / "xyz" / "000.tiff", pad_square(xyz, "zeros"))
+    s = MVTec3DDataset(tmp_path, "part", "train")[0]
+    assert s.rgb.shape == (20, 30, 3) and s.xyz.shape == (30, 30, 3)
+    write_organized(d / "xyz" / "000.tiff", np.ones((30, 31, 3), np.float32))
+    with pytest.raises(DatasetError, match="differs from rgb size"):
+        MVTec3DDataset(tmp_path, "part", "train")[0]

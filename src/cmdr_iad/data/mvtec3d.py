@@ -211,7 +211,7 @@ class MVTec3DDataset(Sequence[Sample]):
         xyz = None
         if self.load_xyz and e.xyz_path is not None:
             xyz = read_organized(e.xyz_path, units=self.units)
-            if rgb is not None and xyz.shape[:2] != rgb.shape[:2]:
+            if rgb is not None and xyz.shape[:2] != rgb.shape[:2] and not _is_square_padded(xyz, rgb):
                 raise DatasetError(f"{e.xyz_path}: xyz size {xyz.shape[0]}×{xyz.shape[1]} differs "
                                    f"from rgb size {rgb.shape[0]}×{rgb.shape[1]} ({e.rgb_path.name})")
             if self.require_points and not np.any(xyz != 0):
@@ -233,3 +233,15 @@ class MVTec3DDataset(Sequence[Sample]):
                                        f"from the sample size {size[0]}×{size[1]}")
         return Sample(rgb=rgb, xyz=xyz, gt=gt, label=e.label, defect_type=e.defect_type,
                       rgb_path=e.rgb_path, xyz_path=e.xyz_path, gt_path=e.gt_path, key=e.key)
+
+
+def _is_square_padded(xyz: np.ndarray, rgb: np.ndarray) -> bool:
+    """True when a non-square RGB of H×W comes with an xyz of S×S, S = max(H, W).
+
+    That is what `cmdr-iad preprocess` (like the baselines' preprocessing) writes: the cloud is
+    zero-padded to a square on disk while RGB and GT stay as they are; the loader pads RGB/GT to
+    the same square, so the three stay aligned.
+    """
+    h, w = rgb.shape[:2]
+    s = max(h, w)
+    return h != w and xyz.shape[:2] == (s, s)
