@@ -228,7 +228,8 @@ class MVTec3DDataset(Sequence[Sample]):
                 gt = np.zeros(size, dtype=bool)
             else:
                 gt = read_mask(e.gt_path)
-                if gt.shape != tuple(size):
+                padded_xyz_only = rgb is None and xyz is not None and _is_square_padded(xyz, gt)
+                if gt.shape != tuple(size) and not padded_xyz_only:
                     raise DatasetError(f"{e.gt_path}: gt size {gt.shape[0]}×{gt.shape[1]} differs "
                                        f"from the sample size {size[0]}×{size[1]}")
         return Sample(rgb=rgb, xyz=xyz, gt=gt, label=e.label, defect_type=e.defect_type,

@@ -13,6 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
+from .fast import (
+    apply_rows,
+    check_valid,
+    chunk_rows,
+    conv_transpose1d_k4s2p1_cl,
+    conv_transpose2d_as_conv2d,
+    fold_batchnorm,
+    nonzero_rows,
+    scatter_rows,
+)
 
 __all__ = ["WindowAttention", "AttentionBlock", "Decoder2D", "Decoder3D", "reduced_length"]
 
@@ -124,14 +134,99 @@ class Decoder2D(nn.Module):
     def num_tokens(self) -> int:
         return self.img_size * self.img_size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, S·S, dim) → (B, S·S, dim)``.
+
+        ``valid``: optional ``(B, S·S)`` bool mask. When given, only the valid rows are computed
+        exactly (see :meth:`forward_rows`) and the other rows are exact zeros.
+        """
         s = self.img_size
         _check_tokens(x, s * s, self.dim, "Decoder2D", f"a {s}×{s} grid")
-        b = x.shape[0]
+        if valid is not None:
+            return scatter_rows(self.forward_rows(x, valid), valid)
+        return self.reconstruct(self._decode(x))
+
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before ``reconstruct``, on every token: ``(B, N, dim) → (B, N, r)``."""
+        b, s = x.shape[0], self.img_size
         t = self.attn(self.projection(x))  # (B, N, r)
         grid = t.transpose(1, 2).reshape(b, self.reduced_dim, s, s)  # token n → (n // S, n % S)
-        t = self.conv_decoder(grid).flatten(2).transpose(1, 2)  # (B, N, r), row-major again
-        return self.reconstruct(t)
+        return self.conv_decoder(grid).flatten(2).transpose(1, 2)  # (B, N, r), row-major again
+
+    def forward_rows(self, x: torch.Tensor, valid: torch.Tensor,
+                     chunk: int | None = None) -> torch.Tensor:
+        """Outputs at the valid tokens only: ``(B, N, dim)``, ``(B, N)`` bool → ``(n_valid, dim)``
+        in the order of ``x[valid]``.
+
+        ``reconstruct`` (token-wise, a third of the FLOPs) always runs on the valid rows only.
+        In eval mode without autograd, each sample additionally computes projection + windowed
+        attention only for the windows that touch the valid pixels' bounding box grown by 3
+        pixels (the reach of the three 3×3 convolutions), and the convolutions (BatchNorm folded
+        in) only on that box; otherwise (training, or autograd on) the trunk runs densely,
+        because BatchNorm then uses batch statistics over every pixel.
+        """
+        s = self.img_size
+        _check_tokens(x, s * s, self.dim, "Decoder2D", f"a {s}×{s} grid")
+        check_valid(valid, x.shape[:2])
+        if self.training or torch.is_grad_enabled():
+            return self.reconstruct(self._decode(x)[valid])
+        return torch.cat([self._rows_one(x[i], valid[i], chunk) for i in range(x.shape[0])], 0)
+
+    def _conv_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of the three convolutions as ordinary conv2d, eval BatchNorm folded in."""
+        cd = self.conv_decoder
+        return [fold_batchnorm(conv_transpose2d_as_conv2d(cd[i].weight), cd[i].bias, cd[i + 1], 0)
+                for i in (0, 3, 6)]
+
+    def _rows_one(self, x: torch.Tensor, valid: torch.Tensor, chunk: int | None) -> torch.Tensor:
+        """Eval-mode rows of one sample: x ``(N, dim)``, valid ``(N,)`` → ``(n_valid, dim)``."""
+        s, r, ws = self.img_size, self.reduced_dim, self.attn.attn.window_size
+        m = valid.view(s, s)
+        if not bool(m.any()):
+            return x.new_empty(0, self.dim)
+        rows_hit = m.any(1).nonzero().squeeze(1)
+        cols_hit = m.any(0).nonzero().squeeze(1)
+        r0, r1, c0, c1 = int(rows_hit[0]), int(rows_hit[-1]), int(cols_hit[0]), int(cols_hit[-1])
+        halo = 3  # three 3×3 convolutions
+        R0, R1, C0, C1 = r0 - halo, r1 + halo, c0 - halo, c1 + halo
+        i0, i1, j0, j1 = max(R0, 0), min(R1, s - 1), max(C0, 0), min(C1, s - 1)
+
+        # windows (consecutive runs of ws tokens, row-major) that touch the in-image region
+        n = s * s
+        n_win = -(-n // ws)
+        need = torch.zeros(n_win * ws, dtype=torch.bool, device=x.device)
+        need[:n].view(s, s)[i0:i1 + 1, j0:j1 + 1] = True
+        wins = need.view(n_win, ws).any(1).nonzero().squeeze(1).tolist()
+        trunk = x.new_empty(n, r)  # projection + attention output, filled where needed
+        step = max(1, chunk_rows(x.device, chunk) // ws)
+        k = 0
+        while k < len(wins):  # runs of consecutive windows, at most `step` windows per call
+            e = k
+            while e + 1 < len(wins) and wins[e + 1] == wins[e] + 1 and e + 1 - k < step:
+                e += 1
+            t0, t1 = wins[k] * ws, min((wins[e] + 1) * ws, n)
+            trunk[t0:t1] = self.attn(self.projection(x[None, t0:t1]))[0]
+            k = e + 1
+
+        # three convolutions on the box, zero padding only where the box leaves the image
+        g = trunk.view(s, s, r)[i0:i1 + 1, j0:j1 + 1].permute(2, 0, 1)[None]
+        g = F.pad(g, (j0 - C0, C1 - j1, i0 - R0, R1 - i1))
+        del trunk
+        for depth, (w, b) in enumerate(self._conv_layers(), start=1):
+            g = F.gelu(F.conv2d(g, w, b))
+            top, left = max(0, -(R0 + depth)), max(0, -(C0 + depth))
+            bottom, right = max(0, R1 - depth - (s - 1)), max(0, C1 - depth - (s - 1))
+            if top or left or bottom or right:  # outside the image: the next layer sees zeros
+                g[..., :top, :] = 0
+                g[..., g.shape[-2] - bottom:, :] = 0
+                g[..., :, :left] = 0
+                g[..., :, g.shape[-1] - right:] = 0
+        rows = g[0].permute(1, 2, 0)[m[r0:r1 + 1, c0:c1 + 1]]  # (n_valid, r), row-major
+        return apply_rows(self.reconstruct, rows, self.dim, chunk)
+
+
+_SKIP_BELOW = 0.9  # skip zero tokens in Decoder3D's token-axis Linear when fewer than 90 % are non-zero
+_SKIP_CHUNK = 8192  # tokens per matmul of the skipping Linear without autograd (≤ 51 MB of weights)
 
 
 def reduced_length(out_seq_len: int) -> int:
@@ -190,8 +285,95 @@ class Decoder3D(nn.Module):
         """Number of output tokens, 32·Lr."""
         return 32 * self.reduced_len
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, C) → (B, 32·Lr, C)``.
+
+        ``valid``: optional ``(B, L)`` bool mask (needs 32·Lr = L). When given, the exact fast
+        path runs (see :meth:`forward_fast`) and rows outside ``valid`` are exact zeros. Every
+        row is still computed: the channel attention averages over all of them.
+        """
         _check_tokens(x, self.out_seq_len, self.feature_dim, "Decoder3D",
                       "its token-axis projection is built for exactly out_seq_len tokens")
-        y = self.decoder(self.projection(x.permute(0, 2, 1)))  # (B, C, 32·Lr)
-        return (y * self.attention(y)).permute(0, 2, 1)
+        if valid is None:
+            y = self.decoder(self.projection(x.permute(0, 2, 1)))  # (B, C, 32·Lr)
+            return (y * self.attention(y)).permute(0, 2, 1)
+        if self.output_len != self.out_seq_len:
+            raise UserInputError(f"Decoder3D: a valid mask needs 32 | L (L = {self.out_seq_len} gives "
+                                 f"{self.output_len} output tokens)")
+        check_valid(valid, x.shape[:2])
+        y = self.forward_fast(x)
+        if torch.is_grad_enabled() and y.requires_grad:
+            return torch.where(valid[..., None], y, y.new_zeros(()))
+        return y.masked_fill_(~valid[..., None], 0)
+
+    def forward_rows(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Packed outputs at the valid tokens: ``(B, L, C)``, ``(B, L)`` bool → ``(n_valid, C)``."""
+        _check_tokens(x, self.out_seq_len, self.feature_dim, "Decoder3D",
+                      "its token-axis projection is built for exactly out_seq_len tokens")
+        if self.output_len != self.out_seq_len:
+            raise UserInputError(f"Decoder3D: a valid mask needs 32 | L (L = {self.out_seq_len} gives "
+                                 f"{self.output_len} output tokens)")
+        check_valid(valid, x.shape[:2])
+        return self.forward_fast(x)[valid]
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as ``forward(x)``, faster and channels-last: ``(B, L, C) → (B, 32·Lr, C)``, contiguous.
+
+        The token-axis Linear skips the tokens whose features are exactly zero (missing 3D
+        points), the transposed convolutions run as matmuls (:func:`conv_transpose1d_k4s2p1_cl`)
+        with eval-mode BatchNorm folded in, and without autograd samples go one at a time.
+        """
+        if not self.training and not torch.is_grad_enabled() and x.shape[0] > 1:
+            return torch.cat([self.forward_fast(x[i:i + 1]) for i in range(x.shape[0])], 0)
+        z = self.projection[1:](self._token_linear(x))  # (B, C, Lr)
+        h = z.transpose(1, 2)  # (B, Lr, C)
+        dec = self.decoder
+        for i in (0, 3, 6, 9, 12):
+            conv = dec[i]
+            last = i == 12
+            if last or self.training:
+                h = conv_transpose1d_k4s2p1_cl(h, conv.weight, conv.bias)
+                if not last:
+                    h = dec[i + 1](h.transpose(1, 2)).transpose(1, 2)  # BatchNorm (batch statistics)
+            else:
+                w, b = fold_batchnorm(conv.weight, conv.bias, dec[i + 1], 1)
+                h = conv_transpose1d_k4s2p1_cl(h, w, b)
+            if not last:
+                h = F.gelu(h)
+            elif torch.is_grad_enabled():
+                h = torch.tanh(h)
+            else:
+                h = h.tanh_()
+        att = self.attention
+        s = h.mean(1)  # (B, C): AdaptiveAvgPool1d(1)
+        a = torch.sigmoid(F.linear(torch.relu(F.linear(s, att[1].weight[..., 0], att[1].bias)),
+                                   att[3].weight[..., 0], att[3].bias))
+        if torch.is_grad_enabled():
+            return h * a[:, None, :]
+        return h.mul_(a[:, None, :])
+
+    def _token_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``projection[0]`` along the token axis, skipping all-zero tokens: ``(B, L, C) → (B, C, Lr)``."""
+        lin = self.projection[0]
+        xt = x.transpose(1, 2)  # (B, C, L); contiguous when x is a token view of (B, C, G, G) maps
+        cols = xt.is_contiguous()
+        keep = (nonzero_rows(x) if not cols else (xt.amax(1) != 0) | (xt.amin(1) != 0)).any(0)
+        n = int(keep.sum())  # a token that is zero in every sample of the batch adds nothing
+        if n > _SKIP_BELOW * self.out_seq_len:
+            return lin(xt)
+        b, c = x.shape[0], x.shape[2]
+        if n == 0:
+            return lin.bias.expand(b, c, -1)
+        idx = keep.nonzero().squeeze(1)
+        grad = torch.is_grad_enabled()
+        step = n if grad else _SKIP_CHUNK
+        z = None
+        for j in range(0, n, step):
+            ii = idx[j:j + step]
+            w = lin.weight.index_select(1, ii)  # (Lr, k)
+            if cols:  # (B, C, k) @ (k, Lr)
+                part = torch.matmul(xt.index_select(2, ii), w.t())
+            else:  # (Lr, k) @ (B, k, C) → (B, Lr, C)
+                part = torch.matmul(w, x.index_select(1, ii)).transpose(1, 2)
+            z = part if z is None else (z + part if grad else z.add_(part))
+        return z + lin.bias
