@@ -68,6 +68,9 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, Any], metadata: di
             "environment": environment_record(),
         })
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; a model folder is an ordinary folder
         if out.exists():
             if not (out / META_FILE).exists() and any(out.iterdir()):
                 raise UserInputError(f"refusing to overwrite {out}: it is not a cmdr-iad model folder")

@@ -1,0 +1,227 @@
+"""`cmdr-iad pointcloud build|train|evaluate|predict|table8`: the 3D-only pipeline for raw scans."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_device, add_quiet, resolve_device
+
+_DESCRIPTION = """\
+3D-only CMDR-IAD for raw industrial scans (paper §3.6, §4.2): outlier pseudo-labels
+(Isolation Forest / LOF / hybrid), sequential chunks of n points, n = s*s pseudo-images,
+frozen Point-MAE features and a Decoder3D(n, 1152) reconstruction branch.
+
+  cmdr-iad pointcloud build SCANS_DIR OUT_DIR [--detector iso|lof|hybrid] [--chunk-size 9216|4096] [--level low|high]
+  cmdr-iad pointcloud train BUILD_DIR --out MODEL_DIR [--preset P] [--epochs N] [--random-backbones]
+  cmdr-iad pointcloud evaluate MODEL_DIR BUILD_DIR --out REPORT_DIR
+  cmdr-iad pointcloud predict MODEL_DIR SCAN_FILE --out DIR
+  cmdr-iad pointcloud table8 SCANS_DIR WORK_DIR [--preset P] [--epochs N]
+"""
+
+
+def _add_backbone(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--point-mae-weights", metavar="FILE", default=None,
+                   help="Point-MAE pretrain.pth (default: $CMDR_IAD_HOME, ~/.cache/cmdr-iad, or download)")
+
+
+def _add_train_backbone(p: argparse.ArgumentParser) -> None:
+    _add_backbone(p)
+    p.add_argument("--random-backbones", action="store_true",
+                   help="randomly initialised Point-MAE (testing only; recorded in every output)")
+    p.add_argument("--feature-cache", metavar="DIR", default=None,
+                   help="on-disk feature cache folder (default: in memory when the features fit "
+                        "in 2 GiB, else <weights folder>/features)")
+
+
+def _chunk_size(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"chunk size must be an integer, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("pointcloud", help="3D-only pipeline for raw scans (build, train, evaluate, predict, table8)",
+                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="pc_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+
+    b = sub.add_parser("build", help="pseudo-label, chunk, split and normalise raw scans",
+                       description=(
+                           "Read every scan of SCANS_DIR (PLY/PCD/XYZ/TXT/NPY files, or the authors' "
+                           "point_cloud/<scan>/PointCloud_merged.ply layout), flag outliers, cut "
+                           "sequential chunks (tail dropped), label a chunk abnormal when its outlier "
+                           "fraction is >= tau, split the normal chunks 90/10 (all abnormal chunks go "
+                           "to test), normalise each chunk to [-1, 1] and write the arrays and "
+                           "build.json to OUT_DIR."))
+    b.add_argument("scans_dir", metavar="SCANS_DIR")
+    b.add_argument("out_dir", metavar="OUT_DIR")
+    b.add_argument("--detector", default="iso", choices=("iso", "lof", "hybrid"),
+                   help="outlier detector: Isolation Forest, Local Outlier Factor, or their union (default iso)")
+    b.add_argument("--chunk-size", type=_chunk_size, default=9216,
+                   help="points per chunk: 9216 or 4096 in the paper; any s*s with s a multiple of 8 "
+                        "(e.g. 1024 for quick tests) (default 9216)")
+    b.add_argument("--level", default="low", choices=("low", "high"),
+                   help="contamination level: low 0.0001, high 0.00015 (default low)")
+    b.add_argument("--contamination", type=float, default=None,
+                   help="explicit contamination in (0, 0.5] (overrides --level)")
+    b.add_argument("--tau", type=float, default=0.0025, help="abnormal-chunk threshold on the outlier fraction")
+    b.add_argument("--seed", type=int, default=42, help="seed of the Isolation Forest and of the split")
+    b.add_argument("--skip-short", action="store_true",
+                   help="skip scans shorter than one chunk instead of failing")
+    add_quiet(b)
+    b.set_defaults(func=run_build)
+
+    t = sub.add_parser("train", help="train Decoder3D on a build's normal training chunks",
+                       description=(
+                           "Extract frozen Point-MAE features of the training chunks once, train "
+                           "Decoder3D(n, 1152) with AdamW and the masked cosine loss, calibrate the "
+                           "decision threshold (mean + 3 std of the training image scores) and save "
+                           "the model to MODEL_DIR. Presets: paper (96 groups of 32, batch 4, 50 "
+                           "epochs, lr 1e-3), small (64x32, 10 epochs), tiny (32x16, 2 epochs)."))
+    t.add_argument("build_dir", metavar="BUILD_DIR")
+    t.add_argument("--out", required=True, metavar="MODEL_DIR")
+    t.add_argument("--preset", default="paper", choices=("paper", "small", "tiny"))
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--bn", choices=("sample", "running"), default=None,
+                   help="Point-MAE BatchNorm: per-sample statistics (reference behaviour, default) "
+                        "or running statistics (eval mode)")
+    t.add_argument("--threshold-sigmas", type=float, default=None,
+                   help="threshold = mean + k*std of the training image scores (default 3)")
+    t.add_argument("--feature-dtype", choices=("float32", "float16"), default=None,
+                   help="storage precision of the feature cache")
+    t.add_argument("--seed", type=int, default=None, help="seed of the decoder init and shuffling")
+    _add_train_backbone(t)
+    add_device(t)
+    add_quiet(t)
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser("evaluate", help="I-AUROC, P-AUROC, AUPRO, FPS and memory on a build's test chunks",
+                       description=(
+                           "Score the test chunks of BUILD_DIR with the model of MODEL_DIR and write "
+                           "metrics.json (i_auroc, p_auroc, aupro_* as fractions; null with a reason "
+                           "when undefined), chunk_scores.csv and anomaly_maps.npy to REPORT_DIR."))
+    e.add_argument("model_dir", metavar="MODEL_DIR")
+    e.add_argument("build_dir", metavar="BUILD_DIR")
+    e.add_argument("--out", required=True, metavar="REPORT_DIR")
+    e.add_argument("--batch-size", type=int, default=1, help="chunks per forward pass (default 1, as the paper's FPS)")
+    _add_backbone(e)
+    add_device(e)
+    add_quiet(e)
+    e.set_defaults(func=run_evaluate)
+
+    pr = sub.add_parser("predict", help="per-point anomaly scores of a new scan",
+                        description=(
+                            "Score every point of SCAN_FILE (input order; the tail is covered by one "
+                            "chunk aligned to the end of the scan) and write DIR/<stem>_scores.npy, "
+                            "DIR/<stem>.ply (coloured by score) and DIR/<stem>.json (per-chunk scores "
+                            "and decisions, scan decision, threshold, model identity)."))
+    pr.add_argument("model_dir", metavar="MODEL_DIR")
+    pr.add_argument("scan_file", metavar="SCAN_FILE")
+    pr.add_argument("--out", required=True, metavar="DIR")
+    pr.add_argument("--batch-size", type=int, default=4)
+    _add_backbone(pr)
+    add_device(pr)
+    add_quiet(pr)
+    pr.set_defaults(func=run_predict)
+
+    g = sub.add_parser("table8", help="run the paper's Table 8 grid (detector x chunk size x level)",
+                       description=(
+                           "Build, train and evaluate every cell of the paper's Table 8 (LOF and ISO "
+                           "at two chunk sizes and two levels, hybrid at the large size and low level) "
+                           "under WORK_DIR/<detector>-<size>-<level>/, then print the table in the "
+                           "paper's layout (also written to WORK_DIR/table8.md and table8.json)."))
+    g.add_argument("scans_dir", metavar="SCANS_DIR")
+    g.add_argument("work_dir", metavar="WORK_DIR")
+    g.add_argument("--preset", default="paper", choices=("paper", "small", "tiny"))
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--chunk-sizes", type=_chunk_size, nargs=2, default=(4096, 9216), metavar=("SMALL", "LARGE"),
+                   help="the two chunk sizes (default 4096 9216)")
+    g.add_argument("--full", action="store_true", help="also run hybrid at every size and level")
+    g.add_argument("--resume", action="store_true", help="reuse cells whose report already exists")
+    _add_train_backbone(g)
+    add_device(g)
+    add_quiet(g)
+    g.set_defaults(func=run_table8)
+
+
+def _log(args: argparse.Namespace):
+    return print
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from ..pointcloud.config import BuildConfig
+    from ..pointcloud.dataset import build_dataset, summary_text
+
+    cfg = BuildConfig(detector=args.detector, chunk_size=args.chunk_size, level=args.level,
+                      contamination=args.contamination, tau=args.tau, seed=args.seed).validate()
+    with Progress(transient=True, disable=args.quiet) as prog:
+        task = prog.add_task("scans", total=None)
+
+        def on_scan(i: int, total: int, name: str) -> None:
+            prog.update(task, total=total, completed=i, description=f"scan {name}")
+
+        meta = build_dataset(args.scans_dir, args.out_dir, cfg, skip_short=args.skip_short, on_scan=on_scan)
+    c = meta["counts"]
+    print(f"built {args.out_dir}: {len(meta['sources'])} scans, detector {cfg.detector}, level "
+          f"{cfg.level} (contamination {cfg.resolved_contamination:g}), chunks of {cfg.chunk_size}")
+    print(summary_text(c))
+    for s in meta.get("skipped", []):
+        print(f"skipped {s['name']}: {s['points']} points < {cfg.chunk_size}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..pointcloud.config import model_preset
+    from ..pointcloud.dataset import load_build
+    from ..pointcloud.train import train_scan_model
+
+    data = load_build(args.build_dir)
+    cfg = model_preset(args.preset, data.chunk_size)
+    changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                                 "point_mae_bn": args.bn, "threshold_sigmas": args.threshold_sigmas,
+                                 "feature_dtype": args.feature_dtype, "seed": args.seed}.items()
+               if v is not None}
+    if changes:
+        cfg = cfg.replace(**changes)
+    train_scan_model(data, args.out, cfg, point_mae_weights=args.point_mae_weights,
+                     random_backbones=args.random_backbones, device=resolve_device(args.device),
+                     feature_cache=args.feature_cache, progress=not args.quiet, log=_log(args))
+    if args.random_backbones:
+        print("NOTE: trained on random Point-MAE weights (--random-backbones): for testing only")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..pointcloud.evaluate import evaluate_scan_model
+
+    evaluate_scan_model(args.model_dir, args.build_dir, args.out, device=resolve_device(args.device),
+                        batch_size=args.batch_size, point_mae_weights=args.point_mae_weights,
+                        progress=not args.quiet, log=_log(args))
+    print(f"wrote {args.out}/metrics.json")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..pointcloud.predict import predict_scan
+
+    predict_scan(args.model_dir, args.scan_file, args.out, device=resolve_device(args.device),
+                 batch_size=args.batch_size, point_mae_weights=args.point_mae_weights, log=_log(args))
+    return 0
+
+
+def run_table8(args: argparse.Namespace) -> int:
+    from ..pointcloud.table8 import format_table8
+    from ..pointcloud.table8 import run_table8 as run
+
+    rows = run(args.scans_dir, args.work_dir, preset=args.preset, epochs=args.epochs,
+               chunk_sizes=tuple(args.chunk_sizes), full=args.full,
+               point_mae_weights=args.point_mae_weights, random_backbones=args.random_backbones,
+               device=resolve_device(args.device), feature_cache=args.feature_cache,
+               resume=args.resume, progress=not args.quiet, log=_log(args))
+    print(format_table8(rows))
+    return 0 if any(r["error"] is None for r in rows) else 1

@@ -1,0 +1,164 @@
+"""`cmdr-iad predict`: score one sample or a folder of samples with a trained model.
+
+Per sample (stem = the RGB file's stem, or the xyz file's without RGB) in OUT:
+`<stem>.json` (score, decision, threshold, branch, missing-modality notes), `<stem>_anomaly.tiff`
+(or `.npy`: the anomaly map at the original resolution, float32), `<stem>_overlay.png`
+(heatmap over the RGB image, or over a depth rendering), `<stem>.ply` (valid points coloured by
+anomaly, with an `anomaly` property) when a point cloud is given, and with `--save-raw`
+`<stem>_map.npy` (the smoothed fused map Ψ at grid resolution, before any normalisation).
+All files are written only when every sample succeeded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .common import add_device, add_quiet
+
+RGB_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+XYZ_EXTS = (".tiff", ".tif", ".npy", ".pcd")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="anomaly maps, overlays, coloured point clouds and a decision per sample",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--rgb", default=None, metavar="RGB", help="RGB image (PNG/JPG)")
+    p.add_argument("--xyz", default=None, metavar="XYZ", help="organised point cloud (TIFF/NPY/PCD)")
+    p.add_argument("--gt", default=None, help="optional ground-truth mask (PNG), recorded in the JSON")
+    p.add_argument("--input", default=None, metavar="FOLDER",
+                   help="a folder of samples: rgb/ and xyz/ subfolders (MVTec layout) or files "
+                        "paired by stem")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--save-raw", action="store_true", help="also write <stem>_map.npy (Ψ at grid size)")
+    p.add_argument("--map-format", default="tiff", choices=("tiff", "npy"))
+    p.add_argument("--units", default="m", choices=("m", "mm"), help="unit of the xyz files")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--dino-weights", metavar="FILE", default=None)
+    p.add_argument("--point-mae-weights", metavar="FILE", default=None)
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=run)
+
+
+def _by_stem(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {f.stem: f for f in sorted(folder.iterdir())
+            if f.is_file() and f.suffix.lower() in exts and not f.name.startswith(".")}
+
+
+def collect_inputs(args) -> list[tuple[str, Path | None, Path | None, Path | None]]:
+    """(stem, rgb, xyz, gt) per sample; paths are checked to exist (missing → exit 2)."""
+    from ..errors import UserInputError
+    from ._workflow import require_path
+
+    if args.input is not None:
+        if args.rgb or args.xyz:
+            raise UserInputError("give either --input FOLDER or --rgb/--xyz, not both")
+        folder = require_path(args.input, "input folder")
+        if not folder.is_dir():
+            raise UserInputError(f"--input must be a folder: {folder}")
+        sub = (folder / "rgb").is_dir() or (folder / "xyz").is_dir()
+        rgbs = _by_stem(folder / "rgb" if sub else folder, RGB_EXTS)
+        xyzs = _by_stem(folder / "xyz" if sub else folder, XYZ_EXTS)
+        gts = _by_stem(folder / "gt", (".png",)) if sub else {}
+        stems = sorted(set(rgbs) | set(xyzs))
+        if not stems:
+            raise UserInputError(f"{folder} holds no samples (no {'/'.join(RGB_EXTS + XYZ_EXTS)} files)")
+        return [(s, rgbs.get(s), xyzs.get(s), gts.get(s)) for s in stems]
+    if args.rgb is None and args.xyz is None:
+        raise UserInputError("give --rgb and/or --xyz (or --input FOLDER)")
+    rgb = require_path(args.rgb, "RGB image")
+    xyz = require_path(args.xyz, "point cloud")
+    gt = require_path(args.gt, "ground-truth mask")
+    stem = (rgb or xyz).stem  # type: ignore[union-attr]
+    return [(stem, rgb, xyz, gt)]
+
+
+def _tiff_bytes(a: np.ndarray) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.ascontiguousarray(a, dtype=np.float32), compression="zlib",
+                     photometric="minisblack")
+    return buf.getvalue()
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_outputs(stage: Path, stem: str, res, sample, det, args, model_dir: Path) -> dict:
+    from .. import viz
+
+    lo, hi = det.heatmap_range(res.branch)
+    files = {}
+    amap = res.anomaly_map
+    if args.map_format == "tiff":
+        files[f"{stem}_anomaly.tiff"] = _tiff_bytes(amap)
+    else:
+        files[f"{stem}_anomaly.npy"] = _npy_bytes(amap.astype(np.float32))
+    base = sample.rgb if sample.rgb is not None else (
+        viz.depth_image(sample.xyz) if sample.xyz is not None else None)
+    files[f"{stem}_overlay.png"] = viz.png_bytes(viz.overlay(base, amap, lo, hi))
+    if sample.xyz is not None and np.any(sample.xyz != 0):
+        pts, cols = viz.coloured_points(sample.xyz, amap, lo, hi)
+        valid = np.any(sample.xyz != 0, axis=-1)
+        files[f"{stem}.ply"] = viz.ply_bytes(pts, cols, amap[valid].astype(np.float32))
+    if args.save_raw:
+        files[f"{stem}_map.npy"] = _npy_bytes(res.map_grid.astype(np.float32))
+    record = res.to_json()
+    record.update({
+        "model": str(model_dir), "modality_of_model": det.modality, "preset": det.config.preset,
+        "random_backbones": det.random_backbones,
+        "inputs": {"rgb": None if sample.rgb_path is None else str(sample.rgb_path),
+                   "xyz": None if sample.xyz_path is None else str(sample.xyz_path)},
+        "label": None if sample.gt is None else int(sample.label),
+        "files": sorted(files),
+    })
+    if det.random_backbones:
+        record["notes"].append("RANDOM BACKBONES: scores are not meaningful")
+    if res.is_anomalous is None:
+        record["notes"].append("the model has no calibrated threshold: no decision")
+    files[f"{stem}.json"] = json.dumps(record, indent=2).encode()
+    for name, data in files.items():
+        (stage / name).write_bytes(data)
+    return record
+
+
+def run(args) -> int:
+    from ..data.folder import load_sample
+    from ..errors import UserInputError
+    from ._workflow import RANDOM_NOTICE, load_detector, loud, say, staged_outputs
+
+    model_dir = Path(args.model_dir)
+    inputs = collect_inputs(args)
+    stems = [s for s, *_ in inputs]
+    if len(set(stems)) != len(stems):
+        raise UserInputError("two inputs share a file stem; their outputs would collide")
+    out = Path(args.out)
+    det = load_detector(model_dir, args)
+    with staged_outputs(out) as stage:
+        samples = [load_sample(r, x, g, units=args.units, require_points=False, key=s)
+                   for s, r, x, g in inputs]
+        records = []
+        results = det.predict_many(samples, batch_size=args.batch_size,
+                                   progress=not args.quiet and len(samples) > 1, total=len(samples))
+        for (stem, *_), sample, res in zip(inputs, samples, results, strict=True):
+            records.append(write_outputs(stage, stem, res, sample, det, args, model_dir))
+    for r in records:
+        verdict = {None: "no threshold", True: "ANOMALOUS", False: "normal"}[r["is_anomalous"]]
+        note = f"  [{'; '.join(r['notes'])}]" if r["notes"] else ""
+        say(args, f"{r['key']}: score {r['score']:.4f} → {verdict}{note}")
+    say(args, f"wrote {len(records)} prediction(s) to {out}")
+    if det.random_backbones:
+        loud(RANDOM_NOTICE)
+    return 0

@@ -1,0 +1,261 @@
+"""Evaluation of a detector on a labelled test set, and the tables written from it.
+
+Metrics follow the reference (`inference.py`), each on its own normalisation of the smoothed
+fused map Ψ (at grid resolution, against the GT resized to the grid):
+- AUPRO@30/10/5/1 % on Ψ / mean(non-zero Ψ), paper protocol (99 thresholds) and, under
+  `exact`, the all-threshold protocol of the official MVTec 3D-AD evaluation;
+- P-AUROC on Ψ / sqrt(mean(Ψ)) over all pixels of all images;
+- I-AUROC on the image scores max(Ψ / sqrt(mean(non-zero Ψ))).
+All values are fractions in [0, 1]; a metric that is undefined for the data (e.g. no defective
+sample) is null, with the reason in `notes`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import EvaluationError, UserInputError
+
+LIMITS = (0.3, 0.1, 0.05, 0.01)
+AUPRO_KEYS = ("aupro_30", "aupro_10", "aupro_5", "aupro_1")
+METRIC_KEYS = ("i_auroc", "p_auroc", *AUPRO_KEYS)
+MVTEC_CATEGORIES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach",
+                    "potato", "rope", "tire")
+MODALITY_ROWS = (("rgb", "RGB"), ("xyz", "3D"), ("rgb+xyz", "RGB+3D"))
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one model on one test set, plus what the report needs."""
+
+    name: str
+    category: str
+    modality: str
+    metrics: dict[str, Any]
+    curve: tuple[np.ndarray, np.ndarray] | None = None
+    examples: list[Any] = field(default_factory=list)  # a few (Result, Sample) pairs for pictures
+
+    def row(self) -> dict[str, Any]:
+        m = self.metrics
+        return {"model": self.name, "category": self.category, "modality": self.modality,
+                **{k: m.get(k) for k in METRIC_KEYS}, "fps": m.get("fps"),
+                "peak_memory_mb": m.get("peak_memory_mb"), "n": m.get("n")}
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def _safe(fn, notes: list[str], what: str):
+    try:
+        return fn()
+    except EvaluationError as e:
+        notes.append(f"{what}: {e}")
+        return None
+
+
+def compute_metrics(maps: np.ndarray, gts: np.ndarray, labels: np.ndarray, scores: np.ndarray
+                    ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """Metrics from Ψ maps (N, G, G), GT masks (N, G, G), labels (N,), image scores (N,)."""
+    from .metrics import au_pro, image_auroc, pixel_auroc, pro_curve
+    from .model.fusion import aupro_map, pixel_scores
+
+    notes: list[str] = []
+    psi = torch.from_numpy(np.asarray(maps, dtype=np.float32))
+    pro_maps = aupro_map(psi).numpy()
+    pix = pixel_scores(psi).numpy()
+    out: dict[str, Any] = {k: None for k in METRIC_KEYS}
+    out["i_auroc"] = _safe(lambda: float(image_auroc(labels, scores)), notes, "I-AUROC")
+    out["p_auroc"] = _safe(lambda: float(pixel_auroc(pix, gts)), notes, "P-AUROC")
+    paper = _safe(lambda: au_pro(pro_maps, gts, LIMITS, num_thresholds=99), notes, "AUPRO")
+    exact = _safe(lambda: au_pro(pro_maps, gts, LIMITS, num_thresholds=None), notes, "AUPRO (exact)")
+    for i, k in enumerate(AUPRO_KEYS):
+        out[k] = None if paper is None else float(paper[i])
+    out["exact"] = {k: (None if exact is None else float(exact[i])) for i, k in enumerate(AUPRO_KEYS)}
+    curve = None
+    if paper is not None:
+        c = pro_curve(pro_maps, gts, num_thresholds=99)
+        curve = (np.asarray(c.fprs), np.asarray(c.pros))
+    out["notes"] = notes
+    return out, curve
+
+
+def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", category: str = "",
+                      batch_size: int | None = None, progress: bool = False,
+                      keep_examples: int = 6) -> Evaluation:
+    """Run `det` over `dataset` (samples with labels and GT) and compute every metric."""
+    n = len(dataset)
+    if n == 0:
+        raise UserInputError("the test set is empty")
+    maps, gts, labels, scores, branches, examples = [], [], [], [], [], []
+    want = _example_indices(dataset, keep_examples)
+    if det.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(det.device)
+    _ = det.extractor  # build the backbones outside the timed loop
+    t0 = time.perf_counter()
+    for i, r in enumerate(det.predict_many((dataset[j] for j in range(n)), batch_size=batch_size,
+                                           progress=progress, total=n)):
+        maps.append(r.map_grid)
+        g = r.gt_grid if r.gt_grid is not None else np.zeros_like(r.map_grid, dtype=bool)
+        gts.append(g)
+        labels.append(r.label)
+        scores.append(r.score)
+        branches.append(r.branch)
+        if i in want:
+            examples.append((r, dataset[i]))
+    elapsed = time.perf_counter() - t0
+    metrics, curve = compute_metrics(np.stack(maps), np.stack(gts), np.asarray(labels),
+                                     np.asarray(scores))
+    peak, kind = _peak_memory(det.device)
+    fallback = sum(b != det.modality for b in branches)
+    metrics.update({
+        "n": n, "n_defective": int(np.sum(np.asarray(labels) == 1)),
+        "fps": n / elapsed if elapsed > 0 else None, "seconds": elapsed,
+        "peak_memory_mb": peak, "peak_memory_kind": kind, "device": str(det.device),
+        "protocol": "paper (99 thresholds); exact: all thresholds",
+        "branches_used": {b: branches.count(b) for b in sorted(set(branches))},
+    })
+    if fallback:
+        metrics["notes"].append(f"{fallback} sample(s) were scored with a single-modality branch "
+                                "(missing or empty input)")
+    return Evaluation(name or category, category, det.modality, metrics, curve, examples)
+
+
+def _example_indices(dataset: Sequence[Any], k: int) -> set[int]:
+    """Up to k indices: defective samples first (spread out), then good ones."""
+    try:
+        labels = np.asarray(dataset.labels)  # MVTec3DDataset
+    except AttributeError:
+        return set(range(min(k, len(dataset))))
+    bad = np.flatnonzero(labels == 1)
+    good = np.flatnonzero(labels != 1)
+    pick = list(bad[np.linspace(0, len(bad) - 1, min(len(bad), k - k // 3)).astype(int)]) if len(bad) else []
+    rest = k - len(pick)
+    if len(good) and rest > 0:
+        pick += list(good[np.linspace(0, len(good) - 1, min(len(good), rest)).astype(int)])
+    return {int(i) for i in pick}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * float(v):.1f}"
+
+
+def summary(evals: Sequence[Evaluation]) -> dict[str, Any]:
+    """Top-level metrics: the single model's, or the mean over the models of the most complete
+    modality (RGB+3D if present, else the first modality evaluated)."""
+    if len(evals) == 1:
+        return {k: v for k, v in evals[0].metrics.items()}
+    mods = [e.modality for e in evals]
+    mod = "rgb+xyz" if "rgb+xyz" in mods else mods[0]
+    sel = [e for e in evals if e.modality == mod]
+    out: dict[str, Any] = {"mean_over": f"{len(sel)} {mod} model(s)"}
+    for k in METRIC_KEYS:
+        vals = [e.metrics.get(k) for e in sel]
+        out[k] = None if any(v is None for v in vals) else float(np.mean(vals))
+    out["exact"] = {}
+    for k in AUPRO_KEYS:
+        vals = [(e.metrics.get("exact") or {}).get(k) for e in sel]
+        out["exact"][k] = None if any(v is None for v in vals) else float(np.mean(vals))
+    fps = [e.metrics.get("fps") for e in sel if e.metrics.get("fps")]
+    out["fps"] = float(np.mean(fps)) if fps else None
+    out["peak_memory_mb"] = max(e.metrics.get("peak_memory_mb") or 0 for e in evals)
+    return out
+
+
+def markdown_table(evals: Sequence[Evaluation]) -> str:
+    head = "| model | category | modality | I-AUROC | P-AUROC | AUPRO@30% | AUPRO@10% | AUPRO@5% | AUPRO@1% | FPS |"
+    lines = [head, "|" + "---|" * 10]
+    for e in evals:
+        r = e.row()
+        fps = "–" if r["fps"] is None else f"{r['fps']:.2f}"
+        lines.append(f"| {r['model']} | {r['category']} | {r['modality']} | "
+                     + " | ".join(_pct(r[k]) for k in METRIC_KEYS) + f" | {fps} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(evals: Sequence[Evaluation]) -> str:
+    buf = io.StringIO()
+    fields = ["model", "category", "modality", *METRIC_KEYS, "fps", "peak_memory_mb", "n"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for e in evals:
+        w.writerow(e.row())
+    return buf.getvalue()
+
+
+def paper_tables(evals: Sequence[Evaluation]) -> str:
+    """Tables laid out like the paper's Tables 1–3 (and 9): one table per metric, rows
+    RGB / 3D / RGB+3D, one column per category plus the mean; values in %."""
+    cats_present = {e.category for e in evals}
+    cats = [c for c in MVTEC_CATEGORIES if c in cats_present] + sorted(cats_present - set(MVTEC_CATEGORIES))
+    out = []
+    for key, title in (("i_auroc", "I-AUROC (%) — cf. Table 1"), ("aupro_30", "AUPRO@30% (%) — cf. Table 2"),
+                       ("aupro_1", "AUPRO@1% (%) — cf. Table 3"), ("p_auroc", "P-AUROC (%) — cf. Table 9")):
+        lines = [f"### {title}", "", "| Method | " + " | ".join(cats) + " | Mean |",
+                 "|---|" + "---|" * (len(cats) + 1)]
+        for mod, label in MODALITY_ROWS:
+            by_cat = {e.category: e.metrics.get(key) for e in evals if e.modality == mod}
+            if not by_cat:
+                continue
+            vals = [by_cat.get(c) for c in cats]
+            mean = None if any(v is None for v in vals) else float(np.mean(vals))
+            lines.append(f"| CMDR-IAD ({label}) | " + " | ".join(_pct(v) for v in vals) + f" | {_pct(mean)} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def pro_curve_svg(evals: Sequence[Evaluation]) -> str | None:
+    from .viz import line_plot_svg
+
+    curves = [(f"{e.name} ({_pct(e.metrics.get('aupro_30'))}%)", *e.curve) for e in evals
+              if e.curve is not None]
+    if not curves:
+        return None
+    return line_plot_svg(curves[:10], title="PRO curve (paper protocol)", xlabel="false-positive rate",
+                         ylabel="per-region overlap", xlim=(0.0, 0.3), vlines=(0.01, 0.05, 0.1))
+
+
+def write_reports(out_dir: str | Path, evals: Sequence[Evaluation], extra: dict[str, Any] | None = None
+                  ) -> dict[str, Path]:
+    """metrics.json, metrics.csv, metrics.md, paper_tables.md, pro_curve.svg into `out_dir`.
+
+    Files are built in a temporary sibling folder and moved into place together, so a failure
+    leaves no partial report.
+    """
+    from .viz import write_bytes_atomic
+
+    out = Path(out_dir)
+    doc = summary(evals)
+    doc["models"] = [{**e.row(), "metrics": e.metrics} for e in evals]
+    if extra:
+        doc.update(extra)
+    files = {
+        "metrics.json": json.dumps(doc, indent=2, sort_keys=True, default=float),
+        "metrics.csv": csv_table(evals),
+        "metrics.md": markdown_table(evals),
+        "paper_tables.md": paper_tables(evals),
+    }
+    svg = pro_curve_svg(evals)
+    if svg:
+        files["pro_curve.svg"] = svg
+    written = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        written[name] = write_bytes_atomic(out / name, text.encode())
+    return written
