@@ -227,6 +227,7 @@ class Decoder2D(nn.Module):
 
 _SKIP_BELOW = 0.9  # skip zero tokens in Decoder3D's token-axis Linear when fewer than 90 % are non-zero
 _SKIP_CHUNK = 8192  # tokens per matmul of the skipping Linear without autograd (≤ 51 MB of weights)
+_LAST_CHUNK = 8192  # output rows per matmul of Decoder3D's last layer in forward_rows (≤ 38 MB)
 
 
 def reduced_length(out_seq_len: int) -> int:
@@ -314,7 +315,9 @@ class Decoder3D(nn.Module):
             raise UserInputError(f"Decoder3D: a valid mask needs 32 | L (L = {self.out_seq_len} gives "
                                  f"{self.output_len} output tokens)")
         check_valid(valid, x.shape[:2])
-        return self.forward_fast(x)[valid]
+        if torch.is_grad_enabled() or self.training:
+            return self.forward_fast(x)[valid]
+        return torch.cat([self._rows_lowmem(x[i:i + 1], valid[i]) for i in range(x.shape[0])], 0)
 
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """Same as ``forward(x)``, faster and channels-last: ``(B, L, C) → (B, 32·Lr, C)``, contiguous.
@@ -325,32 +328,73 @@ class Decoder3D(nn.Module):
         """
         if not self.training and not torch.is_grad_enabled() and x.shape[0] > 1:
             return torch.cat([self.forward_fast(x[i:i + 1]) for i in range(x.shape[0])], 0)
-        z = self.projection[1:](self._token_linear(x))  # (B, C, Lr)
-        h = z.transpose(1, 2)  # (B, Lr, C)
-        dec = self.decoder
-        for i in (0, 3, 6, 9, 12):
-            conv = dec[i]
-            last = i == 12
-            if last or self.training:
-                h = conv_transpose1d_k4s2p1_cl(h, conv.weight, conv.bias)
-                if not last:
-                    h = dec[i + 1](h.transpose(1, 2)).transpose(1, 2)  # BatchNorm (batch statistics)
-            else:
-                w, b = fold_batchnorm(conv.weight, conv.bias, dec[i + 1], 1)
-                h = conv_transpose1d_k4s2p1_cl(h, w, b)
-            if not last:
-                h = F.gelu(h)
-            elif torch.is_grad_enabled():
-                h = torch.tanh(h)
-            else:
-                h = h.tanh_()
-        att = self.attention
-        s = h.mean(1)  # (B, C): AdaptiveAvgPool1d(1)
-        a = torch.sigmoid(F.linear(torch.relu(F.linear(s, att[1].weight[..., 0], att[1].bias)),
-                                   att[3].weight[..., 0], att[3].bias))
+        h = self._trunk(x)  # (B, L/2, 128)
+        last = self.decoder[12]
+        h = conv_transpose1d_k4s2p1_cl(h, last.weight, last.bias)
+        h = torch.tanh(h) if torch.is_grad_enabled() else h.tanh_()
+        a = self._channel_attention(h.mean(1))  # AdaptiveAvgPool1d(1)
         if torch.is_grad_enabled():
             return h * a[:, None, :]
         return h.mul_(a[:, None, :])
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Projection and the first four transposed convolutions: ``(B, L, C) → (B, 16·Lr, 128)``."""
+        z = self.projection[1:](self._token_linear(x))  # (B, C, Lr)
+        h = z.transpose(1, 2)  # (B, Lr, C)
+        dec = self.decoder
+        for i in (0, 3, 6, 9):
+            conv = dec[i]
+            if self.training:
+                h = conv_transpose1d_k4s2p1_cl(h, conv.weight, conv.bias)
+                h = dec[i + 1](h.transpose(1, 2)).transpose(1, 2)  # BatchNorm (batch statistics)
+            else:
+                w, b = fold_batchnorm(conv.weight, conv.bias, dec[i + 1], 1)
+                h = conv_transpose1d_k4s2p1_cl(h, w, b)
+            h = F.gelu(h)
+        return h
+
+    def _channel_attention(self, s: torch.Tensor) -> torch.Tensor:
+        """Squeeze-excitation weights ``(B, C) → (B, C)`` from the per-channel means ``s``."""
+        att = self.attention
+        return torch.sigmoid(F.linear(torch.relu(F.linear(s, att[1].weight[..., 0], att[1].bias)),
+                                      att[3].weight[..., 0], att[3].bias))
+
+    def _rows_lowmem(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Valid output rows of one sample without the full ``(L, C)`` output (no autograd).
+
+        x ``(1, L, C)``, valid ``(L,)``. The channel attention needs the mean of tanh(last layer)
+        over every row: pass 1 computes the last transposed convolution in chunks and keeps only
+        the column sums; pass 2 recomputes it at the valid rows only (y[2m] from x[m], x[m−1];
+        y[2m+1] from x[m], x[m+1]) → ``(n_valid, C)``.
+        """
+        h = self._trunk(x)[0]  # (L/2, 128)
+        conv = self.decoder[12]
+        w, bias = conv.weight, conv.bias
+        half = h.shape[0]
+        colsum = torch.zeros(self.feature_dim, dtype=torch.float64, device=h.device)
+        step = max(1, _LAST_CHUNK // 2)
+        for m0 in range(0, half, step):
+            m1 = min(m0 + step, half)
+            lo, hi = max(m0 - 1, 0), min(m1 + 1, half)
+            y = conv_transpose1d_k4s2p1_cl(h[None, lo:hi], w, bias)[0]  # rows of [lo, hi)
+            y = y[2 * (m0 - lo):2 * (m1 - lo)].tanh_()
+            colsum += y.sum(0, dtype=torch.float64)
+        a = self._channel_attention((colsum / (2 * half)).to(h.dtype)[None])[0]
+        idx = valid.nonzero().squeeze(1)
+        out = h.new_empty(idx.shape[0], self.feature_dim)
+        hp = F.pad(h, (0, 0, 1, 1))  # hp[m + 1] = h[m], zero rows at both ends
+        for parity, (w_self, w_other, shift) in enumerate(((w[:, :, 1], w[:, :, 3], 0),
+                                                           (w[:, :, 2], w[:, :, 0], 2))):
+            sel = (idx % 2 == parity).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            m = idx[sel] // 2
+            for j in range(0, m.shape[0], _LAST_CHUNK):
+                mm = m[j:j + _LAST_CHUNK]
+                xin = torch.cat([hp[mm + 1], hp[mm + shift]], 1)  # [x[m], x[m∓1]]
+                y = torch.addmm(bias, xin, torch.cat([w_self, w_other], 0)).tanh_().mul_(a)
+                out[sel[j:j + _LAST_CHUNK]] = y
+        return out
 
     def _token_linear(self, x: torch.Tensor) -> torch.Tensor:
         """``projection[0]`` along the token axis, skipping all-zero tokens: ``(B, L, C) → (B, C, Lr)``."""

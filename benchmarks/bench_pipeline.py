@@ -1,0 +1,283 @@
+"""End-to-end speed and memory (the paper's Table 4 protocol) and the note docs/performance.md.
+
+Runs `cmdr_iad.benchmark.run` for each configuration in a fresh process (clean peak memory):
+the exact fast path and the unoptimised reference path (every head on every pixel), and
+optionally the reduced-precision mode with its deviation. Then measures where the time goes in
+the heads (`bench_heads.py`) and, with --training, a training epoch both ways
+(`bench_training.py`).
+
+    python benchmarks/bench_pipeline.py                      # paper, rgb+xyz, CPU: print
+    python benchmarks/bench_pipeline.py --write-docs         # ... and regenerate docs/performance.md
+    python benchmarks/bench_pipeline.py --all-presets --samples 3
+    python benchmarks/bench_pipeline.py --from-json results.json --write-docs   # no re-run
+
+Time ratios come from runs on the same machine in one invocation; on a shared machine the
+load changes between runs, so the ratio normalised by each run's own matmul throughput is shown
+as well. Numbers are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs" / "performance.md"
+
+
+def run_configs(args) -> dict:
+    from cmdr_iad.benchmark import run_isolated
+
+    presets = ("paper", "small", "tiny") if args.all_presets else (args.preset,)
+    modalities = ("rgb+xyz", "rgb", "xyz") if args.all_modalities else (args.modality,)
+    results = []
+    for preset in presets:
+        for modality in modalities:
+            base = dict(preset=preset, modality=modality, samples=args.samples, batch_size=1,
+                        device=args.device, random_backbones=True, stages=True, threads=args.threads,
+                        sample_size=args.sample_size)
+            for heads in ("fast", "reference"):
+                if heads == "reference" and (preset, modality) != (args.preset, args.modality):
+                    continue
+                print(f"running {preset} {modality} heads={heads} ...", flush=True)
+                results.append(run_isolated(**base, heads=heads).to_dict())
+            if args.batch_size > 1 and (preset, modality) == (args.preset, args.modality):
+                print(f"running {preset} {modality} batch {args.batch_size} ...", flush=True)
+                results.append(run_isolated(**{**base, "batch_size": args.batch_size,
+                                               "samples": max(args.samples, args.batch_size * 2),
+                                               "stages": False}).to_dict())
+            if args.bf16 and (preset, modality) == (args.preset, args.modality):
+                print(f"running {preset} {modality} bf16 ...", flush=True)
+                results.append(run_isolated(**{**base, "precision": "bf16", "stages": False}).to_dict())
+    out = {"pipeline": results, "date": _dt.date.today().isoformat()}
+    if not args.no_heads:
+        print("measuring the heads ...", flush=True)
+        out["heads"] = _script_json("bench_heads.py", ["--sample-size", str(args.sample_size)])
+    if args.training:
+        print("measuring a training epoch both ways ...", flush=True)
+        out["training"] = _script_json("bench_training.py", ["--samples", str(args.training_samples),
+                                                             "--preset", args.preset])
+    return out
+
+
+def _script_json(script: str, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "out.json"
+        subprocess.run([sys.executable, str(HERE / script), "--json", str(path), *extra], check=True)
+        return json.loads(path.read_text())
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x:.2f} s"
+
+
+def render(data: dict) -> str:
+    res = data["pipeline"]
+    fast = next(r for r in res if r["heads"] == "fast" and r["precision"] == "fp32" and r["batch_size"] == 1)
+    ref = next((r for r in res if r["heads"] == "reference" and r["preset"] == fast["preset"]
+                and r["modality"] == fast["modality"]), None)
+    m = fast["machine"]
+    lines = [
+        "# Performance",
+        "",
+        "Regenerate this note with `python benchmarks/bench_pipeline.py --training --bf16 --write-docs`",
+        f"(last run {data.get('date', '?')}). The machine is shared: each run records its own load",
+        "and matmul throughput, and the head and training ratios are measured within one process.",
+        "",
+        "## Protocol",
+        "",
+        "As the paper (Table 4): the average time per sample over a test set, from the raw arrays",
+        "through the transforms, both frozen encoders, the four heads and the fusion up to the anomaly",
+        "map and image score (`CMDRIAD.predict_many`, synchronised on CUDA), after one warm-up sample.",
+        "Peak memory: peak resident set size of the process on CPU (reset after the model is built,",
+        "so it covers inference with all weights resident), `torch.cuda.max_memory_allocated` on CUDA.",
+        "Every configuration runs in a fresh process. Inputs: generated 800×800 scans with the table",
+        "removed by the dataset preprocessing (as the paper's MVTec 3D-AD data); random backbone",
+        "weights (time and memory do not depend on the values).",
+        "",
+        "FLOPs per sample count the dense algebra (matmuls, convolutions, attention; 2 per multiply-",
+        "add) of the full architecture with every head on every pixel, with",
+        "`torch.utils.flop_counter.FlopCounterMode` over networks built on the meta device; FPS,",
+        "k-NN, interpolation, transforms and box filters are not counted. The same count is used for",
+        "every mode, so `matmul fraction` = FLOPs / (time × in-run fp32 matmul throughput) compares",
+        "them directly; it exceeds 100 % when skipped work outweighs the overheads.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m.get('cpu')}, {m.get('physical_cores')} physical cores, {fast['threads']} threads",
+        f"- torch {m.get('torch')}, Python {m.get('python')}, {m.get('platform')}",
+        f"- load average during the fast run: {', '.join(f'{x:.1f}' for x in m.get('load_average', []))}"
+        " (the machine was shared; see the matmul throughput of each run)",
+        "",
+        "## End to end",
+        "",
+        "| preset | modality | batch | heads | precision | s / sample | FPS | peak memory | GFLOP / sample "
+        "| matmul GFLOP/s | matmul fraction | valid pixels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res:
+        vf = "–" if r["valid_fraction"] is None else f"{100 * r['valid_fraction']:.0f} %"
+        lines.append(
+            f"| {r['preset']} | {r['modality']} | {r['batch_size']} | {r['heads']} | {r['precision']} "
+            f"| {r['seconds_per_sample']:.2f} | {r['fps']:.2f} | {r['peak_memory_mb']:.0f} MB "
+            f"| {r['flops_per_sample'] / 1e9:.0f} | {r['matmul_gflops']:.0f} "
+            f"| {100 * r['matmul_fraction']:.0f} % | {vf} |")
+    lines.append("")
+    if ref is not None:
+        raw = ref["seconds_per_sample"] / fast["seconds_per_sample"]
+        norm = fast["matmul_fraction"] / ref["matmul_fraction"]
+        lines += [
+            f"Exact fast path against the reference path ({fast['preset']}, {fast['modality']}, batch 1): "
+            f"**{raw:.2f}×** faster in wall time, **{norm:.2f}×** after normalising each run by its own "
+            f"matmul throughput; peak memory {ref['peak_memory_mb']:.0f} MB → {fast['peak_memory_mb']:.0f} MB.",
+            "",
+        ]
+    for r in res:
+        if r.get("stages"):
+            st = ", ".join(f"{k} {v:.2f} s" for k, v in r["stages"].items())
+            lines.append(f"- stages, {r['preset']} {r['modality']} {r['heads']} heads (s / sample): {st}")
+    for r in res:
+        if r.get("deviation"):
+            d = r["deviation"]
+            lines.append(f"- {r['precision']} autocast ({r['preset']} {r['modality']}): "
+                         f"{r['seconds_per_sample']:.2f} s / sample, largest relative deviation from the "
+                         f"exact path: map {d['map_max_rel']:.1e}, image score {d['score_max_rel']:.1e}")
+    lines.append("")
+    if fast["preset"] == "paper" and fast["modality"] == "rgb+xyz" and fast["device"] == "cpu":
+        t = data.get("training")
+        best = max(r["matmul_gflops"] for r in res)
+        at_best = fast["flops_per_sample"] / (fast["matmul_fraction"] * best * 1e9)
+        lines += [
+            "## Against the targets (paper preset, RGB+3D, batch 1, CPU)",
+            "",
+            f"- time per sample ≤ 8.1 s: measured {fast['seconds_per_sample']:.2f} s at "
+            f"{fast['matmul_gflops']:.0f} GFLOP/s of in-run matmul throughput; at the best throughput "
+            f"seen in this run ({best:.0f} GFLOP/s) the same matmul fraction gives {at_best:.2f} s",
+            f"- matmul fraction ≥ 50 %: {100 * fast['matmul_fraction']:.0f} %",
+            f"- peak memory < 2 GB: {fast['peak_memory_mb']:.0f} MB (see Memory: the process floor is "
+            "about 1.9 GB)",
+        ]
+        if t:
+            lines.append(f"- training epoch ≥ 1.7× faster: {t['epoch_speedup']:.2f}×")
+        lines.append("")
+    mem = fast
+    lines += [
+        "## Memory",
+        "",
+        f"Resident after building the detector (torch runtime, timm, all weights): "
+        f"{mem['resident_mb_after_build']:.0f} MB; peak during inference {mem['peak_memory_mb']:.0f} MB. "
+        "`import torch` alone is ~520 MB of RSS with this CUDA build of torch and timm adds ~200 MB; "
+        "the weights are ~830 MB (ViT-B/8 343 MB, Point-MAE 87 MB, heads 401 MB, of which 315 MB is "
+        "Decoder3D's token-axis Linear) and one paper-size sample's features 385 MB, so the floor "
+        "of a paper-size RGB+3D process is about 1.9 GB before any working memory.",
+        "",
+    ]
+    h = data.get("heads")
+    if h:
+        lines += [
+            "## Heads and fusion (paper size, one sample)",
+            "",
+            f"Valid pixels {100 * h['valid_fraction']:.0f} %; matmul "
+            f"{h['matmul_gflops_before']:.0f}/{h['matmul_gflops_after']:.0f} GFLOP/s before/after.",
+            "",
+            "| map | head | plain | fast | plain peak +MB | fast peak +MB | max abs diff |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k, v in h["maps"].items():
+            f = "with d_map2d" if k == "d_map3d" else _fmt_s(v["fast_s"])
+            lines.append(f"| {k} | {v['head']} | {_fmt_s(v['plain_s'])} | {f} | {v['plain_peak_mb']:.0f} "
+                         f"| {v['fast_peak_mb']:.0f} | {v['max_abs_diff']:.1e} |")
+        lines += [f"| total | | {_fmt_s(h['plain_total_s'])} | {_fmt_s(h['fast_total_s'])} | | | |", "",
+                  "Parts:", ""]
+        lines += [f"- {k}: {_fmt_s(v)}" for k, v in h["parts"].items()]
+        lines.append("")
+    t = data.get("training")
+    if t:
+        key = next(k for k in t if k.startswith("speedup_over_"))
+        lines += [
+            "## Training",
+            "",
+            f"One epoch of the {t['preset']} preset on {t['samples']} samples, batch 1, four heads with "
+            "their own Adam optimisers, train mode:",
+            "",
+            f"- reference protocol (features re-extracted every step, heads on every pixel): "
+            f"{t['reference_epoch_s']:.1f} s, peak {t['reference_peak_mb']:.0f} MB",
+            f"- ours (features from the on-disk cache, valid-pixel heads): {t['ours_epoch_s']:.1f} s, "
+            f"peak {t['ours_peak_mb']:.0f} MB",
+            f"- **epoch speed-up {t['epoch_speedup']:.2f}×**; the one-time cache extraction takes "
+            f"{t['cache_extraction_s']:.1f} s, so a 50-epoch run is {t[key]:.2f}× faster overall",
+            "- gradients: identical to the every-pixel step up to float rounding "
+            "(tests/model/test_fast_paths.py, dropout off)",
+            "",
+        ]
+    lines += [
+        "## What makes the exact path fast",
+        "",
+        "- Token-wise layers only at valid pixels (`model.distances`, `model.fast`): both mapping MLPs "
+        "and Decoder2D's `reconstruct` run on the pixels with a 3D point; their outputs elsewhere are "
+        "discarded by the scoring (every distance map is set to 0 there) and by the masked loss.",
+        "- Decoder2D in eval mode computes projection + windowed attention only for the windows that "
+        "touch the valid pixels' bounding box grown by 3 pixels, and its three convolutions (BatchNorm "
+        "folded in, as ordinary convolutions) only on that box.",
+        "- Decoder3D skips the all-zero tokens in its token-axis Linear (their weight columns multiply "
+        "zeros) and runs its five transposed 1D convolutions as plain matmuls in a channels-last "
+        "layout instead of torch's col2im kernel (the last one was ~4× slower than its matmuls).",
+        "- The valid rows of F2D/F3D are gathered and normalised once and shared by the four maps; "
+        "token-wise layers run in chunks of 4096 rows (bounded memory); samples of a batch go one at "
+        "a time through the heads, so memory per sample stays flat.",
+        "- Training reads the cached features instead of re-running the encoders every step.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_docs(text: str, path: Path = DOCS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".performance.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="paper", choices=("paper", "small", "tiny"))
+    ap.add_argument("--modality", default="rgb+xyz", choices=("rgb+xyz", "rgb", "xyz"))
+    ap.add_argument("--all-presets", action="store_true")
+    ap.add_argument("--all-modalities", action="store_true")
+    ap.add_argument("--samples", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=1, help="also run this batch size (> 1)")
+    ap.add_argument("--sample-size", type=int, default=800)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bf16", action="store_true", help="also run bf16 autocast and report its deviation")
+    ap.add_argument("--no-heads", action="store_true", help="skip the per-head measurement")
+    ap.add_argument("--training", action="store_true", help="also measure a training epoch both ways")
+    ap.add_argument("--training-samples", type=int, default=3)
+    ap.add_argument("--from-json", default=None, help="render from saved results instead of running")
+    ap.add_argument("--json", default=None, help="save all results as JSON")
+    ap.add_argument("--write-docs", action="store_true", help=f"write {DOCS.relative_to(HERE.parent)}")
+    args = ap.parse_args(argv)
+    data = json.loads(Path(args.from_json).read_text()) if args.from_json else run_configs(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2))
+    text = render(data)
+    print(text)
+    if args.write_docs:
+        write_docs(text)
+        print(f"wrote {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Benchmark machinery: FLOP counting (checked against hand-counted formulas), matmul throughput,
+peak-memory measurement, threads, the head-path switch and the CLI plumbing.
+
+The full protocol (`benchmark.run` on a real detector) takes minutes on 2 cores and is exercised
+by `benchmarks/bench_pipeline.py`, not here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cmdr_iad import benchmark, presets
+from cmdr_iad.benchmark import BenchResult, PeakMemory, count_flops, format_table, head_mode
+from cmdr_iad.cli import main
+from cmdr_iad.model.decoders import Decoder2D, Decoder3D
+from cmdr_iad.model.mapping import CrossModalMLP
+
+
+def mlp_flops(n: int, cin: int, cout: int) -> int:
+    r = (cin + cout) // 2
+    return 2 * n * (cin * r + 2 * r * r + r * cout)
+
+
+def test_flops_of_the_paper_heads_match_hand_counts():
+    f = count_flops(presets.paper("rgb+xyz"))
+    n = 224 * 224
+    assert f["map2Dto3D"] == mlp_flops(n, 768, 1152)  # ≈ 0.37 T FLOPs = 0.185 T MACs
+    assert f["map3Dto2D"] == mlp_flops(n, 1152, 768)
+    lr = n // 32
+    token_linear = 2 * 1152 * n * lr + 2 * 1152 * lr * lr  # projection.0 and projection.4
+    convs = sum(2 * ci * co * 4 * lr * 2**i
+                for i, (ci, co) in enumerate([(1152, 768), (768, 512), (512, 256), (256, 128), (128, 1152)]))
+    se = 2 * (1152 * 144 + 144 * 1152)
+    assert f["Dec3D"] == token_linear + convs + se
+    r = 384
+    per_token = (768 * r + r * r + 3 * r * r + r * r + 2 * r * 2 * r + 9 * (r * 256 + 256 * 128 + 128 * r)
+                 + r * 1536 + 1536 * 768)
+    attention = 2 * 2 * (-(-n // 128)) * 128 * 128 * r  # QKᵀ and PV per window (padded tail included)
+    assert f["Dec2D"] == 2 * n * per_token + attention
+    assert f["total"] == sum(v for k, v in f.items() if k != "total")
+    assert 1.7e12 < f["total"] < 2.1e12  # the issue's "about 1.9 TFLOP per sample"
+
+
+def test_flops_follow_the_modality():
+    assert set(count_flops(presets.tiny("rgb"))) == {"vit", "Dec2D", "total"}
+    assert set(count_flops(presets.tiny("xyz"))) == {"point_mae", "Dec3D", "total"}
+
+
+def test_matmul_throughput_is_measured():
+    assert benchmark.matmul_gflops("cpu", size=64, min_seconds=0.01, repeats=1) > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux-only")
+def test_peak_memory_sees_a_large_allocation():
+    mem = PeakMemory("cpu")
+    mem.reset()
+    before = mem.peak_mb()
+    a = np.ones(160 * 2**20 // 8)  # 160 MB, touched
+    peak = mem.peak_mb()
+    del a
+    assert peak - before > 120
+    if mem.resettable:
+        mem.reset()
+        assert mem.peak_mb() < peak - 100
+
+
+def test_threads():
+    old = torch.get_num_threads()
+    try:
+        assert benchmark.configure_threads(1) == 1
+        assert 1 <= benchmark.physical_cores() <= (os.cpu_count() or 1)
+        with pytest.raises(ValueError):
+            benchmark.configure_threads(0)
+    finally:
+        torch.set_num_threads(old)
+
+
+class _FakeDetector:
+    """What `head_mode` needs of a detector: heads and a device."""
+
+    def __init__(self, g: int = 8) -> None:
+        torch.manual_seed(0)
+        self.device = torch.device("cpu")
+        self.heads = torch.nn.ModuleDict({
+            "map2Dto3D": CrossModalMLP(16, 24), "map3Dto2D": CrossModalMLP(24, 16),
+            "Dec2D": Decoder2D(16, g, 4, 16), "Dec3D": Decoder3D(g * g, 24)}).eval()
+
+    def _distances(self, f2d, f3d):  # the unswapped method
+        return "original"
+
+
+def test_head_mode_switches_between_equal_paths_and_restores():
+    det = _FakeDetector()
+    f2d = torch.randn(2, 16, 8, 8)
+    valid = torch.rand(2, 8, 8) > 0.5
+    f3d = torch.randn(2, 24, 8, 8) * valid[:, None]
+    with head_mode(det, "reference"):
+        ref = det._distances(f2d, f3d)
+    with head_mode(det, "fast"):
+        fast = det._distances(f2d, f3d)
+    assert det._distances(f2d, f3d) == "original"
+    assert set(ref) == set(fast) == {"d_map2d", "d_map3d", "d_rec2d", "d_rec3d"}
+    for k in ref:
+        torch.testing.assert_close(fast[k], ref[k] * valid, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError), head_mode(det, "fastest"):
+        pass
+
+
+def _result(**kw) -> BenchResult:
+    base = dict(preset="tiny", modality="rgb+xyz", device="cpu", batch_size=1, samples=2, threads=2,
+                heads="fast", precision="fp32", compiled=False, seconds_per_sample=0.5, fps=2.0,
+                peak_memory_mb=900.0, memory_kind="cpu_peak_rss", flops_per_sample=10**11,
+                flops_by_part={"total": 10**11}, matmul_gflops=100.0, matmul_gflops_before=90.0,
+                matmul_gflops_after=100.0, matmul_fraction=2.0, resident_mb_after_build=800.0,
+                valid_fraction=0.3, sample_size=96, random_backbones=True)
+    base.update(kw)
+    return BenchResult(**base)
+
+
+def test_cli_writes_json_and_table(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_run(**kw):
+        calls.append(kw)
+        return _result(heads=kw["heads"], seconds_per_sample=2.0 if kw["heads"] == "reference" else 0.5)
+
+    monkeypatch.setattr(benchmark, "run", fake_run)
+    out = tmp_path / "bench.json"
+    rc = main(["benchmark", "--preset", "tiny", "--random-backbones", "--samples", "2", "--heads", "both",
+               "--in-process", "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    assert [c["heads"] for c in calls] == ["reference", "fast"]
+    assert calls[0]["samples"] == 2 and calls[0]["random_backbones"] is True
+    data = json.loads(out.read_text())
+    for key in ("seconds_per_sample", "fps", "peak_memory_mb", "flops_per_sample", "matmul_gflops",
+                "matmul_fraction"):
+        assert key in data[0] and key in data[1]
+    text = capsys.readouterr().out
+    assert "s/sample" in text and "4.00x" in text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("args", [["--samples", "0"], ["--batch-size", "0"], ["--threads", "0"]])
+def test_cli_bad_numbers_exit_2(args, capsys):
+    assert main(["benchmark", "--random-backbones", "--in-process", *args]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_format_table_has_one_row_per_result():
+    lines = format_table([_result(), _result(heads="reference")]).splitlines()
+    assert len(lines) == 3 and "fraction" in lines[0] and "200 %" in lines[1]
