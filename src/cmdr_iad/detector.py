@@ -159,6 +159,7 @@ class CMDRIAD:
         self.calibration: dict[str, Any] = {}
         self.info: dict[str, Any] = {}
         self._expected_backbone: dict[str, Any] | None = None
+        self.fast_heads = True  # exact valid-pixel-only heads (see model.distances)
 
     # ------------------------------------------------------------------ properties
 
@@ -263,27 +264,25 @@ class CMDRIAD:
     # ------------------------------------------------------------------ scoring
 
     @torch.no_grad()
-    def _distances(self, f2d: torch.Tensor | None, f3d: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Head outputs → the four (B, G, G) distance maps (those that can be computed)."""
-        from .model.fusion import euclid
+    def _distances(self, f2d: torch.Tensor | None, f3d: torch.Tensor | None,
+                   valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Head outputs → the (B, G, G) distance maps that can be computed.
 
-        g = self.grid
-        t2 = None if f2d is None else tokens(f2d.to(self.device, torch.float32))
-        t3 = None if f3d is None else tokens(f3d.to(self.device, torch.float32))
-        h = self.heads
-        d: dict[str, torch.Tensor] = {}
+        With `fast_heads` (default) the exact fast path runs the heads only where the scoring
+        uses them (`valid`; every pixel when None) and leaves exact zeros elsewhere — the fusion
+        masks those pixels anyway. `fast_heads = False` runs the plain reference path.
+        """
+        from .model.distances import distance_maps, plain_distance_maps
 
-        def grid(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(x.shape[0], g, g)
-
-        if t2 is not None and t3 is not None and "map3Dto2D" in h:
-            d["d_map2d"] = grid(euclid(h["map3Dto2D"](t3), t2))
-            d["d_map3d"] = grid(euclid(h["map2Dto3D"](t2), t3))
-        if t2 is not None and "Dec2D" in h:
-            d["d_rec2d"] = grid(euclid(h["Dec2D"](t2), t2))
-        if t3 is not None and "Dec3D" in h:
-            d["d_rec3d"] = grid(euclid(h["Dec3D"](t3), t3))
-        return d
+        if f2d is None and f3d is None:
+            return {}
+        f2d = None if f2d is None else f2d.to(self.device, torch.float32)
+        f3d = None if f3d is None else f3d.to(self.device, torch.float32)
+        if not self.fast_heads:
+            return plain_distance_maps(self.heads, f2d, f3d)
+        if valid is None and f3d is not None:
+            valid = f3d.sum(1) != 0
+        return distance_maps(self.heads, f2d, f3d, None if valid is None else valid.to(self.device))
 
     def _fuse(self, d: Mapping[str, torch.Tensor], valid: torch.Tensor, branch: str
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -338,7 +337,7 @@ class CMDRIAD:
             branch, notes = self.choose_branch(rgb is not None, xyz is not None, empty)
         feats = self._features_for(rgb if branch != "xyz" else None,
                                    xyz if branch != "rgb" else None, branch)
-        d = self._distances(feats.f2d, feats.f3d)
+        d = self._distances(feats.f2d, feats.f3d, feats.valid if feats.f3d is not None else None)
         amap, scores = self._fuse(d, feats.valid.to(self.device), branch)
         return {"map_grid": amap, "score": scores, "valid": feats.valid, "branch": branch, "notes": notes}
 
@@ -531,11 +530,14 @@ class CMDRIAD:
         for e, lab in zip(entries, labels, strict=True):
             f = e.to_features(self.device)
             has3d = f.f3d is not None and bool(f.valid.any())
-            d = self._distances(f.f2d, f.f3d if has3d else None)
+            d = self._distances(f.f2d, f.f3d if has3d else None, f.valid if has3d else None)
+            d_rgb = None
             for b in self.branches():
                 if (b != "rgb" and not has3d) or (b != "xyz" and f.f2d is None):
                     continue
-                amap, s = self._fuse(d, f.valid, b)
+                if b == "rgb" and has3d:  # the RGB branch scores every pixel: its own d_rec2d
+                    d_rgb = d_rgb or self._distances(f.f2d, None, None)
+                amap, s = self._fuse(d_rgb if b == "rgb" and has3d else d, f.valid, b)
                 scores[b].append(float(s[0]))
                 used_labels[b].append(int(lab))
                 from .model.fusion import mean_nonzero

@@ -35,7 +35,7 @@ from torch import nn
 from .artifact import load_artifact, save_artifact
 from .config import TrainConfig
 from .errors import ArtifactError, UserInputError
-from .model.losses import masked_similarity_loss
+from .model.distances import masked_head_loss
 
 CHECKPOINT_KIND = "cmdr-iad-train-checkpoint"
 
@@ -227,7 +227,7 @@ def train_heads(
                     valid = torch.ones_like(valid, dtype=torch.bool)
                 for name, head in heads.items():
                     src, dst, _ = TASKS[name]
-                    loss = masked_similarity_loss(head(tok[src]), tok[dst], valid)
+                    loss = masked_head_loss(head, tok[src], tok[dst], valid)
                     if loss is None or not torch.isfinite(loss):
                         report.skipped_steps[name] += 1
                         continue

@@ -170,3 +170,47 @@ def test_bad_model_folders(fitted, tmp_path, cli):
         assert not out.exists() or not any(out.iterdir())
     with pytest.raises(UserInputError):
         CMDRIAD.load(tmp_path / "missing", device="cpu")
+
+
+@pytest.mark.parametrize("branch", ["rgb+xyz", "rgb", "xyz"])
+def test_fast_heads_equal_plain_heads_in_every_branch(fitted, data, branch):
+    """The detector's exact fast path (heads on valid pixels only) scores like the plain path,
+    including the RGB branch of an RGB+3D model, which scores every pixel."""
+    from cmdr_iad.data.transforms import transform_sample
+
+    det, _ = fitted
+    ts = transform_sample(data[2][-1], det.config.features)
+    rgb, xyz = ts.rgb[None], ts.xyz[None]
+    det.fast_heads = False
+    try:
+        ref = det.score_tensors(rgb, xyz, branch=branch)
+    finally:
+        det.fast_heads = True
+    fast = det.score_tensors(rgb, xyz, branch=branch)
+    torch.testing.assert_close(fast["map_grid"], ref["map_grid"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast["score"], ref["score"], rtol=1e-4, atol=1e-6)
+
+
+def test_fast_heads_calibrate_like_plain_heads(fitted, data):
+    """Per-branch thresholds do not depend on the head path (the RGB branch needs its own,
+    unmasked d_rec2d)."""
+    import dataclasses
+
+    det, _ = fitted
+    samples = []
+    for s in list(data[1]) + list(data[0])[:2]:  # a third of each cloud missing: many invalid pixels
+        xyz = s.xyz.copy()
+        xyz[:, : xyz.shape[1] // 3] = 0
+        samples.append(dataclasses.replace(s, xyz=xyz))
+    saved = dict(det.thresholds), dict(det.calibration)
+    try:
+        det.fast_heads = False
+        plain = dict(det.calibrate(samples)["branches"])
+        det.fast_heads = True
+        fast = dict(det.calibrate(samples)["branches"])
+    finally:
+        det.fast_heads = True
+        det.thresholds, det.calibration = saved
+    assert set(fast) == set(plain) == {"rgb+xyz", "rgb", "xyz"}
+    for b in plain:
+        assert fast[b]["threshold"] == pytest.approx(plain[b]["threshold"], rel=1e-4), b
