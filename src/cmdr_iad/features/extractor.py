@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import MODALITIES, FeatureConfig
 from ..errors import UserInputError
+from ..memory import release_memory
 from .weights import (
     DINO,
     POINT_MAE,
@@ -291,6 +292,8 @@ class FeatureExtractor:
             from .vit import rgb_feature_map
 
             f2d = rgb_feature_map(self.vit, rgb.to(self.device, torch.float32), g)
+            if self.device.type == "cpu":
+                release_memory()
         if self.uses_xyz:
             from .points3d import xyz_feature_map
 
@@ -299,6 +302,8 @@ class FeatureExtractor:
             valid = valid.to(torch.bool)
         if valid is None:
             valid = torch.ones(b, g, g, dtype=torch.bool, device=self.device)
+        if self.device.type == "cpu":
+            release_memory()  # hand the encoders' freed working memory back to the OS
         return Features(f2d, f3d, valid, dict(self.identity))
 
     __call__ = extract

@@ -10,10 +10,13 @@ BatchNorm modes of the group encoder (`bn=`):
   the reference computes in train mode at batch size 1, but independent of the batch.
 DropPath is never applied, running statistics are never updated and `module.training` has no
 effect: the mode is an argument of `forward`. The group encoder runs channel-last in chunks of
-groups; "sample" processes one sample at a time and keeps its (G, k, 512) pre-BN activations.
+groups; "sample" processes one sample at a time and never holds all of its (G, k, 512) pre-BN
+activations: they are computed per chunk for the statistics and again to apply them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -80,16 +83,48 @@ class GroupEncoder(nn.Module):
             return out
         for s in range(b):  # "sample": statistics of this sample's G·k points, per BN layer
             grp = groups[s]
-            h1 = torch.cat([self._h1(grp[i:i + step]) for i in range(0, g, step)])  # (G, k, 128)
-            stats1 = channel_stats(h1.view(-1, h1.shape[-1]), step * k)
-            del h1
-            h2 = groups.new_empty(g, k, 512)  # kept for the second statistics (268 MB at 1024×128)
-            for i in range(0, g, step):
-                h2[i:i + step] = self._h2(grp[i:i + step], stats1)
-            stats2 = channel_stats(h2.view(-1, 512), step * k)
-            for i in range(0, g, step):
-                out[s, i:i + step] = self._tokens(h2[i:i + step], stats2)
+            chunks = [grp[i:i + step] for i in range(0, g, step)]
+            stats1 = chunked_channel_stats(self._h1(c) for c in chunks)
+            # the (G, k, 512) pre-BN activations are recomputed per chunk (once for the
+            # statistics, once to apply them) instead of being kept (268 MB at 1024×128)
+            stats2 = chunked_channel_stats(self._h2(c, stats1) for c in chunks)
+            for i, c in zip(range(0, g, step), chunks, strict=True):
+                out[s, i:i + step] = self._tokens(self._h2(c, stats1), stats2)
         return out
+
+
+def chunked_channel_stats(chunks: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance over all rows of a stream of `(..., C)` chunks,
+    holding one chunk at a time (BatchNorm's training statistics).
+
+    The mean is the float64 total of the float32 chunk sums (as `channel_stats`); the variance
+    merges each chunk's sum of squared deviations from its own float32 mean `a` with the exact
+    shift identity Σ(x − m)² = Σ(x − a)² + n·(a − m)·((a − m) + 2·(x̄ − a)), in float64, so it
+    stays accurate when the mean dwarfs the spread.
+    """
+    n_tot = 0
+    total = None
+    parts = []
+    for x in chunks:
+        x = x.reshape(-1, x.shape[-1])
+        n = x.shape[0]
+        s = x.sum(dim=0)
+        a = s / n  # float32 reference point of this chunk
+        dev = x - a
+        shift = dev.sum(dim=0).double() / n  # x̄ − a, accurate (small numbers)
+        m2 = dev.square_().sum(dim=0)
+        del dev
+        parts.append((n, shift, a.double(), m2.double()))
+        total = s.double() if total is None else total + s.double()
+        n_tot += n
+    if total is None:
+        raise UserInputError("cannot compute statistics of an empty set of points")
+    mean = total / n_tot
+    var = torch.zeros_like(mean)
+    for n, shift, a, m2 in parts:
+        d = a - mean
+        var += m2 + n * d * (d + 2.0 * shift)
+    return mean.to(torch.float32), (var / n_tot).to(torch.float32)
 
 
 def channel_stats(x: Tensor, rows: int = _CHUNK_POINTS) -> tuple[Tensor, Tensor]:

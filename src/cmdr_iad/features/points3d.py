@@ -9,8 +9,8 @@ to exactly 0 (the reference's `xyz_patch.sum(-1) == 0` rule, inverted).
 
 Samples with different numbers of valid points are padded and masked, so a batch gives the same
 features as single calls. Memory stays bounded: distances are chunked (no N×G matrix, no dense
-N×G×3 difference), the interpolated features go straight into the grid in chunks of points, and
-pooling runs per sample on channel blocks.
+N×G×3 difference), and interpolation, scatter and pooling run per sample on blocks of channels
+written straight into the output (no full-size intermediate grid).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserInputError
+from ..memory import release_memory
 from .geometry import (
     GroupedPoints,
     farthest_point_sample,
@@ -37,6 +38,7 @@ from .point_mae import BN_MODES, PointMAE
 __all__ = [
     "PointFeatures",
     "check_organized",
+    "interpolate_pool",
     "interpolate_to_grid",
     "organized_points",
     "point_features",
@@ -233,6 +235,39 @@ def interpolate_to_grid(features: Tensor, points: Tensor, centres: Tensor, pix: 
 
 
 @torch.no_grad()
+def interpolate_pool(features: Tensor, points: Tensor, centres: Tensor, pix: Tensor, out: Tensor,
+                     timer: _Timer | None = None) -> Tensor:
+    """`pool_grid(interpolate_to_grid(...))` of one sample, written into out `(C, H, W)` one
+    block of channels at a time, so no full-size `(C, H·W)` grid is ever held.
+
+    features `(C, G)`, points `(n, 3)`, centres `(G, 3)`, pix `(n,)`. The values equal the
+    two-step computation exactly (each channel is computed the same way, only fewer at once).
+    timer, if given, books "interpolation" (3-NN + scatter) and "assembly" (pooling).
+    """
+    timer = timer or _Timer(None, out.device)
+    c, h, w = out.shape
+    with timer("interpolation"):
+        sqd, idx = three_nn(points[None], centres[None])
+        wts = inverse_distance_weights(sqd)[0].T  # (3, n)
+        idx = idx[0].T
+        del sqd
+    step = max(1, _POOL_ELEMENTS // (h * w))
+    for k in range(0, c, step):
+        with timer("interpolation"):
+            feats = features[k:k + step].contiguous()
+            val = feats.index_select(1, idx[0]) * wts[0]
+            val += feats.index_select(1, idx[1]) * wts[1]
+            val += feats.index_select(1, idx[2]) * wts[2]
+            grid = torch.zeros(feats.shape[0], h * w, dtype=torch.float32, device=out.device)
+            grid[:, pix] = val
+            del val
+        with timer("assembly"):
+            pool_grid(grid.view(-1, h, w), out=out[k:k + step])
+        del grid
+    return out
+
+
+@torch.no_grad()
 def xyz_feature_map(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
                     timings: dict[str, float] | None = None,
                     return_point_features: bool = False,
@@ -253,16 +288,14 @@ def xyz_feature_map(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
     with timer("assembly"):
         points, lengths, pix = organized_points(xyz)
     pf = point_features(model, points, lengths, bn=bn, timings=timings)
+    if device.type == "cpu":
+        release_memory()  # Point-MAE's freed working memory, before the output is allocated
     c = pf.features.shape[1]
     f3d = torch.empty(b, c, h, w, dtype=torch.float32, device=device)
     for i in range(b):
         n = int(lengths[i])
-        with timer("interpolation"):
-            grid = interpolate_to_grid(pf.features[i], points[i, :n], pf.groups.centres[i],
-                                       pix[i, :n], h * w)
-        with timer("assembly"):
-            pool_grid(grid.view(c, h, w), out=f3d[i])
-        del grid
+        interpolate_pool(pf.features[i], points[i, :n], pf.groups.centres[i], pix[i, :n],
+                         f3d[i], timer)
     with timer("assembly"):
         valid = f3d.sum(dim=1) != 0
     if return_point_features:
