@@ -16,6 +16,7 @@ import torch
 from cmdr_iad import benchmark, presets
 from cmdr_iad.benchmark import BenchResult, count_flops, format_table, head_mode
 from cmdr_iad.cli import main
+from cmdr_iad.detector import CMDRIAD
 from cmdr_iad.model.decoders import Decoder2D, Decoder3D
 from cmdr_iad.model.mapping import CrossModalMLP
 
@@ -92,17 +93,17 @@ def test_threads():
 
 
 class _FakeDetector:
-    """What `head_mode` needs of a detector: heads and a device."""
+    """What `head_mode` and `CMDRIAD._distances` need of a detector: heads, device, switch."""
+
+    _distances = CMDRIAD._distances
 
     def __init__(self, g: int = 8) -> None:
         torch.manual_seed(0)
         self.device = torch.device("cpu")
+        self.fast_heads = True
         self.heads = torch.nn.ModuleDict({
             "map2Dto3D": CrossModalMLP(16, 24), "map3Dto2D": CrossModalMLP(24, 16),
             "Dec2D": Decoder2D(16, g, 4, 16), "Dec3D": Decoder3D(g * g, 24)}).eval()
-
-    def _distances(self, f2d, f3d):  # the unswapped method
-        return "original"
 
 
 def test_head_mode_switches_between_equal_paths_and_restores():
@@ -111,10 +112,11 @@ def test_head_mode_switches_between_equal_paths_and_restores():
     valid = torch.rand(2, 8, 8) > 0.5
     f3d = torch.randn(2, 24, 8, 8) * valid[:, None]
     with head_mode(det, "reference"):
+        assert det.fast_heads is False
         ref = det._distances(f2d, f3d)
     with head_mode(det, "fast"):
         fast = det._distances(f2d, f3d)
-    assert det._distances(f2d, f3d) == "original"
+    assert det.fast_heads is True
     assert set(ref) == set(fast) == {"d_map2d", "d_map3d", "d_rec2d", "d_rec3d"}
     for k in ref:
         torch.testing.assert_close(fast[k], ref[k] * valid, rtol=1e-4, atol=1e-5)

@@ -292,44 +292,16 @@ def valid_fraction(samples: Sequence[Any], grid: int, transforms: str) -> float 
 
 @contextmanager
 def head_mode(det: Any, mode: str):
-    """Run ``det`` with the given head path: "fast" (the exact fast paths) or "reference".
-
-    Uses the detector's ``fast_heads`` switch when it has one; otherwise swaps the bound
-    ``_distances`` for the chosen implementation for the duration.
-    """
+    """Run ``det`` (a `CMDRIAD`) with the given head path: "fast" (the exact fast paths) or
+    "reference" (every head on every pixel), through its ``fast_heads`` switch."""
     if mode not in HEAD_MODES:
         raise UserInputError(f"heads must be one of {HEAD_MODES}, got {mode!r}")
-    if hasattr(det, "fast_heads"):
-        old = det.fast_heads
-        det.fast_heads = mode == "fast"
-        try:
-            yield
-        finally:
-            det.fast_heads = old
-        return
-    from .model.distances import distance_maps, plain_distance_maps
-
-    def dist(f2d, f3d, valid=None):  # the detector calls _distances(f2d, f3d)
-        dev = det.device
-        f2d = None if f2d is None else f2d.to(dev, torch.float32)
-        f3d = None if f3d is None else f3d.to(dev, torch.float32)
-        if mode == "reference":
-            return plain_distance_maps(det.heads, f2d, f3d)
-        v = None
-        if f3d is not None:  # the extractor's rule: a pixel is valid when its 3D feature is not 0
-            v = f3d.sum(1) != 0
-        return distance_maps(det.heads, f2d, f3d, v)
-
-    had = "_distances" in vars(det)
-    old = vars(det).get("_distances")
-    det._distances = dist
+    old = det.fast_heads
+    det.fast_heads = mode == "fast"
     try:
         yield
     finally:
-        if had:
-            det._distances = old
-        else:
-            del det._distances
+        det.fast_heads = old
 
 
 # --------------------------------------------------------------------------- protocol
