@@ -436,7 +436,8 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
     precision or compile change the numerics).
     """
     from . import presets
-    from .detector import CMDRIAD, resolve_device
+    from .detector import CMDRIAD
+    from .device import resolve_device
 
     if heads not in HEAD_MODES:
         raise UserInputError(f"heads must be one of {HEAD_MODES}, got {heads!r}")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .config import DetectorConfig
+from .device import resolve_device
 from .errors import ArtifactError, UserInputError, WeightsError
 from .memory import release_memory
 
@@ -84,15 +85,6 @@ class Result:
             "image_size": [int(self.anomaly_map.shape[0]), int(self.anomaly_map.shape[1])],
             "map_max": float(np.max(self.anomaly_map)),
         }
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device cuda was requested but CUDA is not available")
-    return dev
 
 
 def build_heads(cfg: DetectorConfig) -> nn.ModuleDict:

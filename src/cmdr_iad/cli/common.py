@@ -24,13 +24,7 @@ def add_weights(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str):
-    """'auto' → cuda when available, else cpu."""
-    import torch
+    """'auto' → cuda when available, else cpu (see `cmdr_iad.device.resolve_device`)."""
+    from ..device import resolve_device as _resolve
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from ..errors import UserInputError
-
-        raise UserInputError("--device cuda was requested but CUDA is not available")
-    return torch.device(name)
+    return _resolve(name)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import MODALITIES, FeatureConfig
+from ..device import resolve_device
 from ..errors import UserInputError
 from ..memory import release_memory
 from .weights import (
@@ -117,15 +118,6 @@ def make_cache_key(identity: Mapping[str, Any]) -> str:
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device cuda was requested but CUDA is not available")
-    return dev
 
 
 def _freeze(m: nn.Module) -> nn.Module:
@@ -231,7 +223,7 @@ class FeatureExtractor:
         cfg.validate()
         self.cfg = cfg
         self.modality = modality
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.uses_rgb = modality in ("rgb+xyz", "rgb")
         self.uses_xyz = modality in ("rgb+xyz", "xyz")
 
