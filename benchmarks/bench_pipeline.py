@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from cmdr_iad.viz import write_bytes_atomic
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs" / "performance.md"
@@ -239,14 +240,7 @@ def render(data: dict) -> str:
 
 def write_docs(text: str, path: Path = DOCS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".performance.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:

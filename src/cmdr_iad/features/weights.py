@@ -245,14 +245,9 @@ def file_sha256(path: str | os.PathLike, *, use_stamp: bool = True) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..viz import write_bytes_atomic
+
+    write_bytes_atomic(path, text.encode())
 
 
 def _identity_for_file(spec: WeightSpec, path: Path, *, stamp: bool = True) -> WeightIdentity:

@@ -28,18 +28,13 @@ import numpy as np
 import torch
 
 from ..errors import EvaluationError, UserInputError
+from ..viz import write_bytes_atomic
 from .chunking import normalize_chunks
 from .dataset import BuildData, load_build
 from .model import ScanModel, load_scan_model
 
 AUPRO_LIMITS = (0.3, 0.1, 0.05, 0.01)
 AUPRO_KEYS = ("aupro_30", "aupro_10", "aupro_5", "aupro_1")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    from ..viz import write_bytes_atomic
-
-    write_bytes_atomic(path, data)
 
 
 def metric_values(labels: np.ndarray, image_scores: np.ndarray, maps: np.ndarray,
@@ -176,11 +171,11 @@ def evaluate_scan_model(model: ScanModel | str | os.PathLike, build: BuildData |
     for i, g in enumerate(test_idx):
         w.writerow([i, int(g), int(cidx[g, 0]), int(cidx[g, 1]), int(labels[i]), f"{scores[i]:.6g}",
                     "" if thr is None else int(scores[i] > thr)])
-    _write_atomic(out / "chunk_scores.csv", buf.getvalue().encode())
+    write_bytes_atomic(out / "chunk_scores.csv", buf.getvalue().encode())
     npy = io.BytesIO()
     np.save(npy, maps)
-    _write_atomic(out / "anomaly_maps.npy", npy.getvalue())
-    _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str).encode())
+    write_bytes_atomic(out / "anomaly_maps.npy", npy.getvalue())
+    write_bytes_atomic(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True, default=str).encode())
     if log:
         log(format_metrics(metrics))
     return metrics
