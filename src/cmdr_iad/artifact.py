@@ -74,16 +74,22 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, Any], metadata: di
         if out.exists():
             if not (out / META_FILE).exists() and any(out.iterdir()):
                 raise UserInputError(f"refusing to overwrite {out}: it is not a cmdr-iad model folder")
-            backup = parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(backup)
-            tmp.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` onto `out`; an existing `out` is removed only afterwards."""
+    if out.exists():
+        backup = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(backup)
+        tmp.rename(out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        tmp.rename(out)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -151,13 +151,9 @@ def _prepare_out(out_dir: Path) -> tuple[Path, Path]:
 
 
 def _commit(tmp: Path, out_dir: Path, parent: Path) -> None:
-    if out_dir.exists():
-        backup = parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(backup)
-        tmp.rename(out_dir)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
+    from ..artifact import replace_folder
+
+    replace_folder(tmp, out_dir)
 
 
 def write_build(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
