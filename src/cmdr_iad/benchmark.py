@@ -239,6 +239,7 @@ def count_flops(config: Any) -> dict[str, int]:
             from .features.point_mae import PointMAE
 
             pm = PointMAE(num_group=fc.num_group, group_size=fc.group_size)
+            pm.encoder.split_second_conv = False  # count the architecture, not our shortcut
             nb = torch.empty(1, fc.num_group, fc.group_size, 3)
             ce = torch.empty(1, fc.num_group, 3)
             out["point_mae"] = count(lambda: pm(nb, ce, bn="running"))
@@ -370,13 +371,17 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def _timed_predict(det: Any, samples: Sequence[Any], batch_size: int, device: torch.device,
-                   precision: str) -> tuple[float, list[Any]]:
+                   precision: str, keep: bool = True) -> tuple[float, list[Any]]:
+    """Seconds for predicting every sample; the results are kept only with ``keep`` (each holds
+    an original-size anomaly map, which would otherwise add to the measured peak)."""
     results: list[Any] = []
     _sync(device)
     t = time.perf_counter()
     with _autocast(device, precision):
         for batch in _batches(samples, batch_size):
-            results.extend(det.predict_many(batch, batch_size=batch_size))
+            for r in det.predict_many(batch, batch_size=batch_size):
+                if keep:
+                    results.append(r)
     _sync(device)
     return time.perf_counter() - t, results
 
@@ -386,7 +391,7 @@ def stage_times(det: Any, samples: Sequence[Any], device: torch.device, heads: s
     """Seconds per sample of each stage, composed from the public pieces the detector chains:
     transforms → features (encoders + assembly) → heads (four distance maps) → fusion."""
     from .data.transforms import transform_sample
-    from .model.distances import distance_maps, plain_distance_maps
+    from .model.distances import plain_distance_maps, sample_distance_maps
     from .model.fusion import score
 
     cfg = det.config
@@ -405,14 +410,21 @@ def stage_times(det: Any, samples: Sequence[Any], device: torch.device, heads: s
             t = time.perf_counter()
             ts = transform_sample(s, cfg.features)
             t = tick("transforms", t)
-            f = ext.extract(None if ts.rgb is None else ts.rgb[None],
-                            None if ts.xyz is None else ts.xyz[None])
-            t = tick("features", t)
-            valid = f.valid if f.f3d is not None else None
-            if heads == "fast":
-                d = distance_maps(det.heads, f.f2d, f.f3d, valid)
+            rgb = None if ts.rgb is None else ts.rgb[None]
+            xyz = None if ts.xyz is None else ts.xyz[None]
+            if heads == "fast":  # the detector's path: token sources, heads on valid rows
+                f = ext.extract_rows(rgb, xyz)
+                t = tick("features", t)
+                valid = f.valid
+                d = sample_distance_maps(det.heads, f.f2d, f.f3d, valid)
+                d = {k: m[None] for k, m in d.items()}
+                valid = valid[None] if f.f3d is not None else None
             else:
+                f = ext.extract(rgb, xyz)
+                t = tick("features", t)
+                valid = f.valid if f.f3d is not None else None
                 d = plain_distance_maps(det.heads, f.f2d, f.f3d)
+            del f
             t = tick("heads", t)
             variant = cfg.score.variant if cfg.modality == "rgb+xyz" else f"{cfg.modality}_only"
             score(d.get("d_map2d"), d.get("d_map3d"), d.get("d_rec2d"), d.get("d_rec3d"),
@@ -466,16 +478,16 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
     with head_mode(det, heads):
         with _autocast(dev, precision):  # warm-up (allocator, lazy init, compilation)
             list(det.predict_many(data[:batch_size], batch_size=batch_size))
+        if deviation is None:
+            deviation = precision != "fp32" or compiled
         mem.reset()
-        seconds, results = _timed_predict(det, data, batch_size, dev, precision)
+        seconds, results = _timed_predict(det, data, batch_size, dev, precision, keep=bool(deviation))
         peak = mem.peak_mb()
         if not mem.resettable:
             notes.append("peak RSS could not be reset: the value is the process-lifetime peak")
         st = stage_times(det, data[:min(len(data), 3)], dev, heads, precision) if stages else {}
     mm_after = matmul_gflops(dev)
     dev_info = None
-    if deviation is None:
-        deviation = precision != "fp32" or compiled
     if deviation:
         dev_info = _deviation(det, data, results, batch_size)
     mm = max(mm_before, mm_after)

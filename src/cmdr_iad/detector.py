@@ -240,19 +240,22 @@ class CMDRIAD:
 
         return transform_sample(sample, self.config.features)
 
-    def _features_for(self, rgb: torch.Tensor | None, xyz: torch.Tensor | None, branch: str):
-        """Extract features for one branch (the extractor of the model's modality, inputs dropped)."""
+    def _extractor_for(self, branch: str):
+        """The extractor of the model's modality, or one running only the encoder with input."""
         ext = self.extractor
         if branch == self.modality:
-            return ext.extract(rgb, xyz)
-        # degraded branch: run only the encoder that has input
+            return ext
         from .features.extractor import FeatureExtractor
 
-        sub = FeatureExtractor.from_modules(ext.vit if branch == "rgb" else None,
-                                            ext.point_mae if branch == "xyz" else None,
-                                            self.config.features, branch,
-                                            identities=ext.weights, device=self.device)
-        return sub.extract(rgb if branch == "rgb" else None, xyz if branch == "xyz" else None)
+        return FeatureExtractor.from_modules(ext.vit if branch == "rgb" else None,
+                                             ext.point_mae if branch == "xyz" else None,
+                                             self.config.features, branch,
+                                             identities=ext.weights, device=self.device)
+
+    def _features_for(self, rgb: torch.Tensor | None, xyz: torch.Tensor | None, branch: str):
+        """Extract dense features for one branch (inputs of unused encoders dropped)."""
+        return self._extractor_for(branch).extract(rgb if branch != "xyz" else None,
+                                                   xyz if branch != "rgb" else None)
 
     # ------------------------------------------------------------------ scoring
 
@@ -328,15 +331,45 @@ class CMDRIAD:
         if branch is None:
             empty = xyz is not None and not bool(cloud_has_points(xyz).all())
             branch, notes = self.choose_branch(rgb is not None, xyz is not None, empty)
-        feats = self._features_for(rgb if branch != "xyz" else None,
-                                   xyz if branch != "rgb" else None, branch)
-        d = self._distances(feats.f2d, feats.f3d, feats.valid if feats.f3d is not None else None)
-        valid = feats.valid
-        del feats  # the features (~385 MB per paper-size sample) are not needed for the fusion
+        if not self.fast_heads:
+            feats = self._features_for(rgb, xyz, branch)
+            d = self._distances(feats.f2d, feats.f3d, feats.valid if feats.f3d is not None else None)
+            valid = feats.valid
+            del feats
+        else:
+            d, valid = self._sample_by_sample(rgb, xyz, branch)
         if self.device.type == "cpu":
             release_memory()  # hand the freed heap back before the next sample (glibc malloc_trim)
         amap, scores = self._fuse(d, valid.to(self.device), branch)
         return {"map_grid": amap, "score": scores, "valid": valid, "branch": branch, "notes": notes}
+
+    def _sample_by_sample(self, rgb: torch.Tensor | None, xyz: torch.Tensor | None, branch: str
+                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Distance maps (B, G, G) and valid (B, G, G) on the exact fast path, one sample at a
+        time: features are extracted as token sources (`FeatureExtractor.extract_rows`: F2D
+        upsampled on demand, F3D packed) and dropped before the next sample, so peak memory does
+        not grow with the batch."""
+        from .model.distances import sample_distance_maps
+
+        ext = self._extractor_for(branch)
+        rgb = rgb if branch != "xyz" else None
+        xyz = xyz if branch != "rgb" else None
+        b = (rgb if rgb is not None else xyz).shape[0]
+        maps: dict[str, list[torch.Tensor]] = {}
+        valids = []
+        for i in range(b):
+            rows = ext.extract_rows(None if rgb is None else rgb[i:i + 1],
+                                    None if xyz is None else xyz[i:i + 1])
+            v = rows.valid if rows.f3d is not None else torch.ones_like(rows.valid)
+            trim = release_memory if self.device.type == "cpu" else None
+            for k, m in sample_distance_maps(self.heads, rows.f2d, rows.f3d, v.to(self.device),
+                                             between=trim).items():
+                maps.setdefault(k, []).append(m)
+            valids.append(rows.valid)
+            del rows
+            if self.device.type == "cpu" and i + 1 < b:
+                release_memory()
+        return {k: torch.stack(v) for k, v in maps.items()}, torch.stack(valids)
 
     def _decide(self, score: float, branch: str) -> tuple[bool | None, float | None]:
         t = self.thresholds.get(branch)

@@ -189,3 +189,27 @@ def test_cuda_matches_cpu(ex):
     torch.testing.assert_close(gpu.f2d.cpu(), cpu.f2d, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(gpu.f3d.cpu(), cpu.f3d, rtol=1e-3, atol=1e-3)
     assert torch.equal(gpu.valid.cpu(), cpu.valid)
+
+
+@pytest.mark.parametrize("modality", ["rgb+xyz", "rgb", "xyz"])
+def test_extract_rows_equals_extract(ex, modality):
+    """The inference form (F2D upsampled on demand, F3D packed) gives the dense features' rows."""
+    e = ex if modality == "rgb+xyz" else FeatureExtractor.from_modules(
+        ex.vit if modality != "xyz" else None, ex.point_mae if modality != "rgb" else None, CFG, modality)
+    rgb = make_rgb(1) if modality != "xyz" else None
+    xyz = make_cloud(1, holes=(4,), seed=3) if modality != "rgb" else None
+    dense = e.extract(rgb, xyz)
+    rows = e.extract_rows(rgb, xyz)
+    assert torch.equal(rows.valid, dense.valid[0])
+    n = CFG.grid_size ** 2
+    idx = torch.arange(n)
+    if modality == "xyz":
+        assert rows.f2d is None
+    else:
+        torch.testing.assert_close(rows.f2d.rows(idx), dense.f2d[0].flatten(1).t(), rtol=1e-6, atol=1e-5)
+    if modality == "rgb":
+        assert rows.f3d is None and bool(rows.valid.all())
+    else:
+        assert torch.equal(rows.f3d.rows(idx), dense.f3d[0].flatten(1).t())
+    with pytest.raises(UserInputError, match="one sample"):
+        e.extract_rows(make_rgb(2) if rgb is not None else None, make_cloud(2) if xyz is not None else None)

@@ -195,3 +195,49 @@ def test_point_mae_variants(load_json):
     assert PointMAE(num_group=8, group_size=4, depth=5)(nb, ctr).shape == (2, 384, 8)
     with pytest.raises(UserInputError, match="neighbourhoods"):
         m(nb[0], ctr)
+
+
+@pytest.mark.parametrize("bn", ["sample", "running"])
+def test_packed_features_equal_the_dense_map(small_model, batch, bn, monkeypatch):
+    """xyz_feature_rows keeps only the pooled support of the points: its columns equal the dense
+    map bit for bit, the map is exactly zero elsewhere and valid follows the same rule."""
+    import cmdr_iad.features.points3d as p3
+    from cmdr_iad.features.points3d import pooled_support, xyz_feature_rows
+
+    monkeypatch.setattr(p3, "_POOL_ELEMENTS", 5 * H * W)  # several channel blocks
+    clouds = batch.clone()
+    clouds[:, :, :, : W // 3] = 0  # a large empty region, as the background of a part
+    for i in (0, 3):
+        f3d, valid = xyz_feature_map(small_model, clouds[i:i + 1], bn=bn)
+        rows, v = xyz_feature_rows(small_model, clouds[i:i + 1], bn=bn)
+        dense = rows.dense().view_as(f3d[0])
+        assert torch.equal(dense, f3d[0])
+        assert torch.equal(v, valid[0])
+        assert rows.cols.shape[1] < H * W  # the holes are really dropped
+    _, lengths, pix = organized_points(clouds[:1])
+    sup = torch.zeros(H * W, dtype=torch.bool)
+    sup[pooled_support(pix[0, :int(lengths[0])], (H, W))] = True
+    f0, _ = xyz_feature_map(small_model, clouds[:1], bn=bn)
+    nonzero = f0[0].abs().sum(0).view(-1) != 0
+    assert bool(nonzero[~sup].logical_not().all())  # every non-zero token is in the support
+    with pytest.raises(UserInputError, match="one cloud"):
+        xyz_feature_rows(small_model, batch[:2])
+
+
+def test_split_second_conv_equals_the_reference_concatenation(small_model, batch):
+    """Point-MAE's W·[max f; f] computed as a per-group term plus W_f·f equals the reference's
+    concatenation up to float32 summation order."""
+    from cmdr_iad.features.points3d import point_features
+
+    pts, lengths, _ = organized_points(batch[1:2])
+    pf = point_features(small_model, pts, lengths, bn="sample")
+    nb, ce = pf.groups.neighbourhoods, pf.groups.centres
+    with torch.no_grad():
+        fast = small_model(nb, ce, bn="sample")
+        small_model.encoder.split_second_conv = False
+        try:
+            ref = small_model(nb, ce, bn="sample")
+        finally:
+            small_model.encoder.split_second_conv = True
+    assert fast.abs().max() > 0.1
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)

@@ -286,3 +286,55 @@ def test_valid_only_step_has_the_every_pixel_gradients(name):
     for (k, a), (_, b) in zip(head.named_buffers(), ref.named_buffers(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} buffer {k}")
     assert masked_head_loss(head, src, dst, torch.zeros_like(valid)) is None
+
+
+# --------------------------------------------------------------------------- token sources
+
+def test_sample_distance_maps_from_compact_sources_equal_dense():
+    """Inference reads F2D upsampled on demand and F3D packed to its support; the maps equal
+    those of the dense features (which equal the plain path, above)."""
+    from cmdr_iad.model.distances import sample_distance_maps
+    from cmdr_iad.model.tokens import PackedRows, UpsampledRows
+
+    g, c2, c3 = 8, 16, 24
+    heads = _small_heads(g, c2, c3)
+    valid = grid_mask(2, g).view(2, g, g)[0]
+    low = torch.randn(c2, 3, 3)
+    f2d = torch.nn.functional.interpolate(low[None], (g, g), mode="bilinear", align_corners=False)
+    support = torch.zeros(g, g, dtype=torch.bool)
+    support[:5, :6] = True
+    support[g // 2 - 1:, g // 2 - 3:] = True  # a superset of valid, as the pooled support
+    f3d = torch.randn(1, c3, g, g) * support
+    sidx = support.view(-1).nonzero().squeeze(1)
+    s2 = UpsampledRows(low, g)
+    s3 = PackedRows(f3d[0].flatten(1)[:, sidx].contiguous(), sidx, g * g)
+    want = distance_maps(heads, f2d, f3d, valid[None])
+    calls = []
+    got = sample_distance_maps(heads, s2, s3, valid, chunk=7, between=lambda: calls.append(1))
+    assert set(got) == set(want) and len(calls) == 2  # after the mapping pair and after Dec2D
+    for k in want:
+        close(got[k], want[k][0], k)
+        assert torch.count_nonzero(got[k][~valid]) == 0, k
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 4096])
+def test_decoder_row_iterators_cover_the_valid_rows_in_order(chunk):
+    from cmdr_iad.model.tokens import DenseRows
+
+    g, c = 8, 24
+    v = grid_mask(2, g)[1]
+    d2 = _randomise(Decoder2D(16, g, 4, 16))
+    x2 = torch.randn(g * g, 16)
+    d3 = _randomise(Decoder3D(g * g, c))
+    x3 = torch.randn(g * g, c) * v[:, None]
+    with torch.no_grad():
+        for net, x in ((d2, x2), (d3, x3)):
+            parts = list(net.iter_rows_from_source(DenseRows(x.t()), v, chunk))
+            assert all(p.shape[0] <= chunk for p in parts)
+            close(torch.cat(parts), net(x[None])[0][v], type(net).__name__)
+            assert list(net.iter_rows_from_source(DenseRows(x.t()), torch.zeros_like(v), chunk)) == []
+    d2.train()
+    with pytest.raises(UserInputError, match="eval"):
+        d2.rows_from_source(DenseRows(x2.t()), v)
+    with pytest.raises(UserInputError, match="tokens"):
+        d3.eval().rows_from_source(DenseRows(torch.randn(c, 10)), v)

@@ -214,3 +214,34 @@ def test_fast_heads_calibrate_like_plain_heads(fitted, data):
     assert set(fast) == set(plain) == {"rgb+xyz", "rgb", "xyz"}
     for b in plain:
         assert fast[b]["threshold"] == pytest.approx(plain[b]["threshold"], rel=1e-4), b
+
+
+def test_fast_path_scores_a_batch_one_sample_at_a_time(fitted, data, monkeypatch):
+    """Batch > 1 is exact (equals single calls) and flat in memory: the fast path extracts the
+    compact per-sample form (`extract_rows`) once per sample and never the dense batch."""
+    from cmdr_iad.data.transforms import transform_sample
+    from cmdr_iad.features.extractor import FeatureExtractor
+
+    det, _ = fitted
+    tss = [transform_sample(s, det.config.features) for s in data[2][-2:]]
+    rgb = torch.stack([t.rgb for t in tss])
+    xyz = torch.stack([t.xyz for t in tss])
+    calls = {"rows": 0}
+    real = FeatureExtractor.extract_rows
+
+    def counting(self, *a, **k):
+        calls["rows"] += 1
+        return real(self, *a, **k)
+
+    def dense(*a, **k):
+        raise AssertionError("the fast path must not build the dense batch features")
+
+    monkeypatch.setattr(FeatureExtractor, "extract_rows", counting)
+    monkeypatch.setattr(FeatureExtractor, "extract", dense)
+    both = det.score_tensors(rgb, xyz, branch="rgb+xyz")
+    assert calls["rows"] == 2
+    for i in range(2):
+        one = det.score_tensors(rgb[i:i + 1], xyz[i:i + 1], branch="rgb+xyz")
+        torch.testing.assert_close(both["map_grid"][i], one["map_grid"][0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(both["score"][i], one["score"][0], rtol=1e-5, atol=1e-7)
+        assert torch.equal(both["valid"][i], one["valid"][0])

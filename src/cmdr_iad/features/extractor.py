@@ -33,7 +33,7 @@ from .weights import (
     seeded_init_,
 )
 
-__all__ = ["FEATURE_VERSION", "Features", "FeatureExtractor", "make_cache_key"]
+__all__ = ["FEATURE_VERSION", "Features", "SampleRows", "FeatureExtractor", "make_cache_key"]
 
 FEATURE_VERSION = "1"
 """Bump when the feature computation changes in a way that alters values (invalidates caches)."""
@@ -94,6 +94,18 @@ class Features:
 
         return Features(cat([f.f2d for f in items]), cat([f.f3d for f in items]),
                         torch.cat([f.valid for f in items], 0), dict(items[0].identity))
+
+
+@dataclass
+class SampleRows:
+    """One sample's features as token sources (:mod:`cmdr_iad.model.tokens`), for inference.
+
+    f2d / f3d: ``TokenRows`` over G·G tokens or None; valid: (G, G) bool (all True without 3D).
+    """
+
+    f2d: Any
+    f3d: Any
+    valid: torch.Tensor
 
 
 def make_cache_key(identity: Mapping[str, Any]) -> str:
@@ -299,6 +311,41 @@ class FeatureExtractor:
         return Features(f2d, f3d, valid, dict(self.identity))
 
     __call__ = extract
+
+    @torch.no_grad()
+    def extract_rows(self, rgb: torch.Tensor | None = None, xyz: torch.Tensor | None = None
+                     ) -> SampleRows:
+        """Features of ONE sample ((1,3,S,S) RGB and/or (1,3,G,G) xyz) as token sources, for
+        inference: F2D as the 28×28 ViT map upsampled on demand (`UpsampledRows`), F3D packed to
+        the tokens that can be non-zero (`PackedRows`). Same values as :meth:`extract` (F3D bit
+        for bit, F2D within float32 rounding), without the 385 MB of dense maps of a paper-size
+        sample."""
+        from ..model.tokens import UpsampledRows
+
+        b = self._check_inputs(rgb, xyz)
+        if b != 1:
+            raise UserInputError(f"extract_rows takes one sample, got a batch of {b}")
+        g = self.cfg.grid_size
+        s2 = s3 = None
+        valid = None
+        if self.uses_rgb:
+            from .vit import vit_feature_map
+
+            low = vit_feature_map(self.vit, rgb.to(self.device, torch.float32))[0]
+            s2 = UpsampledRows(low, g)
+            del low
+            if self.device.type == "cpu":
+                release_memory()  # the ViT's working memory, before Point-MAE's
+        if self.uses_xyz:
+            from .points3d import xyz_feature_rows
+
+            s3, valid = xyz_feature_rows(self.point_mae, xyz.to(self.device, torch.float32),
+                                         bn=self.cfg.point_mae_bn)
+        if valid is None:
+            valid = torch.ones(g, g, dtype=torch.bool, device=self.device)
+        if self.device.type == "cpu":
+            release_memory()
+        return SampleRows(s2, s3, valid)
 
     def describe(self) -> str:
         """One line per encoder, e.g. for logs and CLI output."""

@@ -27,11 +27,15 @@ from ..errors import UserInputError
 __all__ = ["BN_MODES", "PointMAE"]
 
 BN_MODES = ("sample", "running")
-_CHUNK_POINTS = 1 << 14  # group points per encoder chunk (x 512 channels x 4 B = 32 MiB)
+_CHUNK_POINTS = 1 << 12  # group points per encoder chunk (x 512 channels x 4 B = 8 MiB)
 
 
 class GroupEncoder(nn.Module):
     """Mini-PointNet: `(G, k, 3)` centred neighbourhoods → `(G, C)` tokens."""
+
+    split_second_conv = True
+    """Compute the second conv's group term once per group (see `_h2`); False runs the
+    reference's concatenation (same values up to float32 summation order)."""
 
     def __init__(self, encoder_channel: int) -> None:
         super().__init__()
@@ -51,20 +55,36 @@ class GroupEncoder(nn.Module):
 
     @staticmethod
     def _bn_relu(x: Tensor, bn: nn.BatchNorm1d, stats: tuple[Tensor, Tensor] | None) -> Tensor:
-        """BatchNorm over the last axis with given (mean, var) or the running ones, then ReLU.
-        Same arithmetic as torch's CPU kernel: `x·α + β`, α = w/√(var+eps), β = b − mean·α."""
+        """BatchNorm over the last axis with given (mean, var) or the running ones, then ReLU,
+        in place on the temporary ``x`` unless autograd records. Same arithmetic as torch's CPU
+        kernel: `x·α + β`, α = w/√(var+eps), β = b − mean·α."""
         mean, var = (bn.running_mean, bn.running_var) if stats is None else stats
         alpha = bn.weight * torch.rsqrt(var + bn.eps)
         beta = bn.bias - mean * alpha
-        return torch.addcmul(beta, x, alpha).relu_()
+        if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+            return torch.addcmul(beta, x, alpha).relu()
+        return torch.addcmul(beta, x, alpha, out=x).relu_()
 
     def _h1(self, groups: Tensor) -> Tensor:
         return self._linear(self.first_conv[0], groups)  # (g, k, 128)
 
     def _h2(self, groups: Tensor, stats1: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Pre-BN activations of the second conv, ``(g, k, 512)``.
+
+        The reference applies Conv1d(512→512) to ``cat([max_k f, f])``; the first half of that
+        input is constant over a group's k points, so ``W·[g; f] + b = (W_g·g + b) + W_f·f`` is
+        computed with the group term once per group: half the multiply-adds of the largest
+        layer of Point-MAE (equal up to float32 summation order).
+        """
         f = self._linear(self.first_conv[3], self._bn_relu(self._h1(groups), self.first_conv[1], stats1))
-        g = f.amax(dim=1, keepdim=True)
-        return self._linear(self.second_conv[0], torch.cat([g.expand_as(f), f], dim=2))  # (g, k, 512)
+        if not self.split_second_conv:  # the reference's layout (FLOP counting, checks)
+            g = f.amax(dim=1, keepdim=True)
+            return self._linear(self.second_conv[0], torch.cat([g.expand_as(f), f], dim=2))
+        conv = self.second_conv[0]
+        w = conv.weight.squeeze(-1)
+        half = f.shape[-1]
+        per_group = F.linear(f.amax(dim=1, keepdim=True), w[:, :half], conv.bias)  # (g, 1, 512)
+        return torch.matmul(f, w[:, half:].t()).add_(per_group)  # (g, k, 512)
 
     def _tokens(self, h2: Tensor, stats2: tuple[Tensor, Tensor] | None) -> Tensor:
         x = self._linear(self.second_conv[3], self._bn_relu(h2, self.second_conv[1], stats2))

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import UserInputError
 from ..memory import release_memory
+from ..model.tokens import PackedRows
 from .geometry import (
     GroupedPoints,
     farthest_point_sample,
@@ -39,15 +40,18 @@ __all__ = [
     "PointFeatures",
     "check_organized",
     "interpolate_pool",
+    "interpolate_pool_packed",
+    "pooled_support",
     "interpolate_to_grid",
     "organized_points",
     "point_features",
     "pool_grid",
     "xyz_feature_map",
+    "xyz_feature_rows",
 ]
 
 _POINT_CHUNK = 4096  # points per interpolation chunk (x 1152 x 4 B x ~3 live ≈ 57 MiB)
-_POOL_ELEMENTS = 1 << 22  # grid elements per pooling block (16 MiB)
+_POOL_ELEMENTS = 1 << 21  # grid elements per pooling block (8 MiB)
 
 
 def check_organized(xyz: Tensor, name: str = "xyz") -> Tensor:
@@ -234,6 +238,30 @@ def interpolate_to_grid(features: Tensor, points: Tensor, centres: Tensor, pix: 
     return grid
 
 
+def _interpolated_blocks(features: Tensor, points: Tensor, centres: Tensor, pix: Tensor,
+                         num_pixels: int, timer: _Timer) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(first channel, grid block (Cb, num_pixels))``: `interpolate_to_grid` computed a
+    block of channels at a time (≤ :data:`_POOL_ELEMENTS` grid elements per block)."""
+    with timer("interpolation"):
+        sqd, idx = three_nn(points[None], centres[None])
+        wts = inverse_distance_weights(sqd)[0].T  # (3, n)
+        idx = idx[0].T
+        del sqd
+    c = features.shape[0]
+    step = max(1, _POOL_ELEMENTS // num_pixels)
+    for k in range(0, c, step):
+        with timer("interpolation"):
+            feats = features[k:k + step].contiguous()
+            val = feats.index_select(1, idx[0]) * wts[0]
+            val += feats.index_select(1, idx[1]) * wts[1]
+            val += feats.index_select(1, idx[2]) * wts[2]
+            grid = torch.zeros(feats.shape[0], num_pixels, dtype=torch.float32, device=features.device)
+            grid[:, pix] = val
+            del val
+        yield k, grid
+        del grid
+
+
 @torch.no_grad()
 def interpolate_pool(features: Tensor, points: Tensor, centres: Tensor, pix: Tensor, out: Tensor,
                      timer: _Timer | None = None) -> Tensor:
@@ -246,25 +274,42 @@ def interpolate_pool(features: Tensor, points: Tensor, centres: Tensor, pix: Ten
     """
     timer = timer or _Timer(None, out.device)
     c, h, w = out.shape
-    with timer("interpolation"):
-        sqd, idx = three_nn(points[None], centres[None])
-        wts = inverse_distance_weights(sqd)[0].T  # (3, n)
-        idx = idx[0].T
-        del sqd
-    step = max(1, _POOL_ELEMENTS // (h * w))
-    for k in range(0, c, step):
-        with timer("interpolation"):
-            feats = features[k:k + step].contiguous()
-            val = feats.index_select(1, idx[0]) * wts[0]
-            val += feats.index_select(1, idx[1]) * wts[1]
-            val += feats.index_select(1, idx[2]) * wts[2]
-            grid = torch.zeros(feats.shape[0], h * w, dtype=torch.float32, device=out.device)
-            grid[:, pix] = val
-            del val
+    for k, grid in _interpolated_blocks(features, points, centres, pix, h * w, timer):
         with timer("assembly"):
-            pool_grid(grid.view(-1, h, w), out=out[k:k + step])
-        del grid
+            pool_grid(grid.view(-1, h, w), out=out[k:k + grid.shape[0]])
     return out
+
+
+def pooled_support(pix: Tensor, size: tuple[int, int]) -> Tensor:
+    """Flat indices ``(k,)`` (ascending) of the grid cells that `pool_grid` can make non-zero
+    when only the pixels ``pix`` hold values: the 3×3 + adaptive windows that reach a point."""
+    h, w = size
+    mask = torch.zeros(1, h * w, dtype=torch.float32, device=pix.device)
+    mask[0, pix] = 1.0
+    return (pool_grid(mask.view(1, h, w)).view(-1) != 0).nonzero().squeeze(1)
+
+
+@torch.no_grad()
+def interpolate_pool_packed(features: Tensor, points: Tensor, centres: Tensor, pix: Tensor,
+                            size: tuple[int, int], timer: _Timer | None = None
+                            ) -> tuple[Tensor, Tensor]:
+    """`interpolate_pool` of one sample kept only where it can be non-zero.
+
+    Returns ``(cols (C, k), support (k,))``: the pooled map's columns at the flat grid cells
+    `pooled_support(pix, size)`; every other cell of the map is exactly 0. The columns equal
+    the dense map's bit for bit (same blocks, same arithmetic).
+    """
+    timer = timer or _Timer(None, features.device)
+    h, w = size
+    with timer("assembly"):
+        support = pooled_support(pix, size)
+    cols = torch.empty(features.shape[0], support.numel(), dtype=torch.float32, device=features.device)
+    for k, grid in _interpolated_blocks(features, points, centres, pix, h * w, timer):
+        with timer("assembly"):
+            pooled = pool_grid(grid.view(-1, h, w))
+            torch.index_select(pooled.view(pooled.shape[0], -1), 1, support,
+                               out=cols[k:k + grid.shape[0]])
+    return cols, support
 
 
 @torch.no_grad()
@@ -301,3 +346,34 @@ def xyz_feature_map(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
     if return_point_features:
         return f3d, valid, pf
     return f3d, valid
+
+
+@torch.no_grad()
+def xyz_feature_rows(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
+                     timings: dict[str, float] | None = None) -> tuple[PackedRows, Tensor]:
+    """`xyz_feature_map` of ONE organised cloud ``(1, 3, H, W)`` in packed form.
+
+    Returns ``(rows, valid)``: a :class:`~cmdr_iad.model.tokens.PackedRows` holding the tokens
+    of F3D that can be non-zero (the points' pooling windows, ~20 % of a paper-size grid instead
+    of the dense 231 MB map), and valid ``(H, W)`` bool with the same rule as the dense map.
+    Inference reads F3D through it (see `cmdr_iad.model.distances.sample_distance_maps`).
+    """
+    device = next(model.parameters()).device
+    xyz = check_organized(xyz).to(device)
+    if xyz.shape[0] != 1:
+        raise UserInputError(f"xyz_feature_rows takes one cloud (1, 3, H, W), got {tuple(xyz.shape)}")
+    _, _, h, w = xyz.shape
+    timer = _Timer(timings, device)
+    with timer("assembly"):
+        points, lengths, pix = organized_points(xyz)
+    pf = point_features(model, points, lengths, bn=bn, timings=timings)
+    if device.type == "cpu":
+        release_memory()
+    n = int(lengths[0])
+    cols, support = interpolate_pool_packed(pf.features[0], points[0, :n], pf.groups.centres[0],
+                                            pix[0, :n], (h, w), timer)
+    del pf, points
+    with timer("assembly"):
+        valid = torch.zeros(h * w, dtype=torch.bool, device=device)
+        valid[support] = cols.sum(dim=0) != 0
+    return PackedRows(cols, support, h * w), valid.view(h, w)

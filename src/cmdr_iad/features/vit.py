@@ -95,7 +95,9 @@ def upsample_feature_map(fmap: torch.Tensor, grid: int) -> torch.Tensor:
     """(B,C,h,w) → (B,C,G,G) bilinear with align_corners=False (the reference's upsampling)."""
     if fmap.shape[-1] == grid and fmap.shape[-2] == grid:
         return fmap
-    return F.interpolate(fmap, size=(grid, grid), mode="bilinear", align_corners=False)
+    # contiguous first: the token map is a transposed view, and bilinear upsampling of that
+    # channels-last layout is several times slower and returns a channels-last map
+    return F.interpolate(fmap.contiguous(), size=(grid, grid), mode="bilinear", align_corners=False)
 
 
 def rgb_feature_map(model: nn.Module, rgb: torch.Tensor, grid: int) -> torch.Tensor:

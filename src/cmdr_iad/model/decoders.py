@@ -8,13 +8,14 @@ them; they only act in training mode.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
 from .fast import (
-    apply_rows,
     check_valid,
     chunk_rows,
     conv_transpose1d_k4s2p1_cl,
@@ -23,6 +24,7 @@ from .fast import (
     nonzero_rows,
     scatter_rows,
 )
+from .tokens import DenseRows, TokenRows
 
 __all__ = ["WindowAttention", "AttentionBlock", "Decoder2D", "Decoder3D", "reduced_length"]
 
@@ -170,7 +172,8 @@ class Decoder2D(nn.Module):
         check_valid(valid, x.shape[:2])
         if self.training or torch.is_grad_enabled():
             return self.reconstruct(self._decode(x)[valid])
-        return torch.cat([self._rows_one(x[i], valid[i], chunk) for i in range(x.shape[0])], 0)
+        return torch.cat([self.rows_from_source(DenseRows(x[i].t()), valid[i], chunk)
+                          for i in range(x.shape[0])], 0)
 
     def _conv_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(weight, bias) of the three convolutions as ordinary conv2d, eval BatchNorm folded in."""
@@ -178,12 +181,34 @@ class Decoder2D(nn.Module):
         return [fold_batchnorm(conv_transpose2d_as_conv2d(cd[i].weight), cd[i].bias, cd[i + 1], 0)
                 for i in (0, 3, 6)]
 
-    def _rows_one(self, x: torch.Tensor, valid: torch.Tensor, chunk: int | None) -> torch.Tensor:
-        """Eval-mode rows of one sample: x ``(N, dim)``, valid ``(N,)`` → ``(n_valid, dim)``."""
+    @torch.no_grad()
+    def rows_from_source(self, src: TokenRows, valid: torch.Tensor, chunk: int | None = None
+                         ) -> torch.Tensor:
+        """Eval-mode outputs of one sample at its valid tokens: ``(n_valid, dim)``, row-major order.
+
+        src: the sample's input tokens (:mod:`cmdr_iad.model.tokens`; only the windows that touch
+        the valid pixels' bounding box grown by 3 pixels are read); valid ``(N,)`` bool. Projection
+        + windowed attention run on those windows, the convolutions (BatchNorm folded in) on the
+        box, ``reconstruct`` on the valid rows. See :meth:`iter_rows_from_source`.
+        """
+        parts = list(self.iter_rows_from_source(src, valid, chunk))
+        return torch.cat(parts, 0) if parts else torch.empty(0, self.dim, device=valid.device)
+
+    @torch.no_grad()
+    def iter_rows_from_source(self, src: TokenRows, valid: torch.Tensor, chunk: int | None = None
+                              ) -> Iterator[torch.Tensor]:
+        """:meth:`rows_from_source` as consecutive chunks of rows (``chunk`` rows, CPU default
+        2048), so a caller can use each chunk and drop it: no ``(n_valid, dim)`` output held."""
+        if self.training:
+            raise UserInputError("Decoder2D.rows_from_source is the eval-mode path; call .eval() first")
         s, r, ws = self.img_size, self.reduced_dim, self.attn.attn.window_size
+        if src.n != s * s or src.dim != self.dim:
+            raise UserInputError(f"Decoder2D: the source has {src.n} tokens of {src.dim} channels, "
+                                 f"expected {s * s} of {self.dim}")
+        check_valid(valid, (s * s,))
         m = valid.view(s, s)
         if not bool(m.any()):
-            return x.new_empty(0, self.dim)
+            return
         rows_hit = m.any(1).nonzero().squeeze(1)
         cols_hit = m.any(0).nonzero().squeeze(1)
         r0, r1, c0, c1 = int(rows_hit[0]), int(rows_hit[-1]), int(cols_hit[0]), int(cols_hit[-1])
@@ -191,29 +216,38 @@ class Decoder2D(nn.Module):
         R0, R1, C0, C1 = r0 - halo, r1 + halo, c0 - halo, c1 + halo
         i0, i1, j0, j1 = max(R0, 0), min(R1, s - 1), max(C0, 0), min(C1, s - 1)
 
-        # windows (consecutive runs of ws tokens, row-major) that touch the in-image region
+        # windows (consecutive runs of ws tokens, row-major) that touch the in-image box
         n = s * s
         n_win = -(-n // ws)
-        need = torch.zeros(n_win * ws, dtype=torch.bool, device=x.device)
+        need = torch.zeros(n_win * ws, dtype=torch.bool, device=valid.device)
         need[:n].view(s, s)[i0:i1 + 1, j0:j1 + 1] = True
         wins = need.view(n_win, ws).any(1).nonzero().squeeze(1).tolist()
-        trunk = x.new_empty(n, r)  # projection + attention output, filled where needed
-        step = max(1, chunk_rows(x.device, chunk) // ws)
+        # projection + attention output on the box, zero-padded where the box leaves the image,
+        # channels-last (the convolutions run in NHWC: less memory and faster on CPU)
+        pad = (i0 - R0, j0 - C0)
+        box = torch.zeros(R1 - R0 + 1, C1 - C0 + 1, r, device=valid.device)
+        step = max(1, chunk_rows(valid.device, chunk) // ws)
         k = 0
         while k < len(wins):  # runs of consecutive windows, at most `step` windows per call
             e = k
             while e + 1 < len(wins) and wins[e + 1] == wins[e] + 1 and e + 1 - k < step:
                 e += 1
             t0, t1 = wins[k] * ws, min((wins[e] + 1) * ws, n)
-            trunk[t0:t1] = self.attn(self.projection(x[None, t0:t1]))[0]
+            out = self.attn(self.projection(src.span(t0, t1)[None]))[0]  # (t1 - t0, r)
+            for y in range(max(t0 // s, i0), min((t1 - 1) // s, i1) + 1):  # box rows in the run
+                a, b = max(t0, y * s + j0), min(t1, y * s + j1 + 1)
+                if a < b:
+                    x0 = a - y * s - j0 + pad[1]
+                    box[y - i0 + pad[0], x0:x0 + b - a] = out[a - t0:b - t0]
+            del out
             k = e + 1
 
-        # three convolutions on the box, zero padding only where the box leaves the image
-        g = trunk.view(s, s, r)[i0:i1 + 1, j0:j1 + 1].permute(2, 0, 1)[None]
-        g = F.pad(g, (j0 - C0, C1 - j1, i0 - R0, R1 - i1))
-        del trunk
+        # three convolutions on the box
+        g = box.permute(2, 0, 1)[None]  # (1, r, H, W) view, channels-last memory
+        del box
         for depth, (w, b) in enumerate(self._conv_layers(), start=1):
-            g = F.gelu(F.conv2d(g, w, b))
+            g = F.conv2d(g, w.contiguous(memory_format=torch.channels_last), b)
+            g = torch.ops.aten.gelu_(g)
             top, left = max(0, -(R0 + depth)), max(0, -(C0 + depth))
             bottom, right = max(0, R1 - depth - (s - 1)), max(0, C1 - depth - (s - 1))
             if top or left or bottom or right:  # outside the image: the next layer sees zeros
@@ -222,12 +256,15 @@ class Decoder2D(nn.Module):
                 g[..., :, :left] = 0
                 g[..., :, g.shape[-1] - right:] = 0
         rows = g[0].permute(1, 2, 0)[m[r0:r1 + 1, c0:c1 + 1]]  # (n_valid, r), row-major
-        return apply_rows(self.reconstruct, rows, self.dim, chunk)
+        del g
+        step = chunk_rows(valid.device, chunk)
+        for i in range(0, rows.shape[0], step):
+            yield self.reconstruct(rows[i:i + step])
 
 
 _SKIP_BELOW = 0.9  # skip zero tokens in Decoder3D's token-axis Linear when fewer than 90 % are non-zero
-_SKIP_CHUNK = 8192  # tokens per matmul of the skipping Linear without autograd (≤ 51 MB of weights)
-_LAST_CHUNK = 8192  # output rows per matmul of Decoder3D's last layer in forward_rows (≤ 38 MB)
+_SKIP_CHUNK = 2048  # tokens per matmul of the skipping Linear without autograd (≤ 13 MB of weights)
+_LAST_CHUNK = 2048  # output rows per matmul of Decoder3D's last layer in forward_rows (≤ 10 MB)
 
 
 def reduced_length(out_seq_len: int) -> int:
@@ -339,7 +376,11 @@ class Decoder3D(nn.Module):
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Projection and the first four transposed convolutions: ``(B, L, C) → (B, 16·Lr, 128)``."""
-        z = self.projection[1:](self._token_linear(x))  # (B, C, Lr)
+        return self._trunk_from(self._token_linear(x))
+
+    def _trunk_from(self, z: torch.Tensor) -> torch.Tensor:
+        """The trunk after the token-axis Linear: ``(B, C, Lr) → (B, 16·Lr, 128)``."""
+        z = self.projection[1:](z)  # (B, C, Lr)
         h = z.transpose(1, 2)  # (B, Lr, C)
         dec = self.decoder
         for i in (0, 3, 6, 9):
@@ -367,34 +408,87 @@ class Decoder3D(nn.Module):
         the column sums; pass 2 recomputes it at the valid rows only (y[2m] from x[m], x[m−1];
         y[2m+1] from x[m], x[m+1]) → ``(n_valid, C)``.
         """
-        h = self._trunk(x)[0]  # (L/2, 128)
+        return self._rows_tail(self._trunk(x)[0], valid)
+
+    @torch.no_grad()
+    def rows_from_source(self, src: TokenRows, valid: torch.Tensor) -> torch.Tensor:
+        """Eval-mode outputs of one sample at its valid tokens: ``(n_valid, C)``.
+
+        src: the sample's input tokens; only ``src.columns()`` (the tokens that may be non-zero)
+        are read, e.g. the packed F3D of :class:`~cmdr_iad.model.tokens.PackedRows`.
+        valid ``(L,)`` bool. Same computation as :meth:`forward_rows` (low-memory mode).
+        """
+        parts = list(self.iter_rows_from_source(src, valid))
+        return torch.cat(parts, 0) if parts else torch.empty(0, self.feature_dim, device=valid.device)
+
+    @torch.no_grad()
+    def iter_rows_from_source(self, src: TokenRows, valid: torch.Tensor, chunk: int | None = None
+                              ) -> Iterator[torch.Tensor]:
+        """:meth:`rows_from_source` as consecutive chunks of valid rows (token order), so that
+        no ``(n_valid, C)`` output is held."""
+        if self.training:
+            raise UserInputError("Decoder3D.rows_from_source is the eval-mode path; call .eval() first")
+        if src.n != self.out_seq_len or src.dim != self.feature_dim:
+            raise UserInputError(f"Decoder3D: the source has {src.n} tokens of {src.dim} channels, "
+                                 f"expected {self.out_seq_len} of {self.feature_dim}")
+        if self.output_len != self.out_seq_len:
+            raise UserInputError(f"Decoder3D: a valid mask needs 32 | L (L = {self.out_seq_len} gives "
+                                 f"{self.output_len} output tokens)")
+        check_valid(valid, (self.out_seq_len,))
+        cols, idx = src.columns()
+        h = self._trunk_from(self._token_linear_cols(cols, idx)[None])[0]
+        yield from self._iter_tail(h, valid, chunk_rows(valid.device, chunk))
+
+    def _rows_tail(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The last layer and the channel attention at the valid rows: trunk ``(L/2, 128)`` →
+        ``(n_valid, C)`` (two passes, see :meth:`_rows_lowmem`)."""
+        parts = list(self._iter_tail(h, valid))
+        return torch.cat(parts, 0) if parts else h.new_empty(0, self.feature_dim)
+
+    def _iter_tail(self, h: torch.Tensor, valid: torch.Tensor,
+                   step: int = _LAST_CHUNK) -> Iterator[torch.Tensor]:
+        """:meth:`_rows_tail` as consecutive chunks of ``step`` valid rows (in token order)."""
         conv = self.decoder[12]
         w, bias = conv.weight, conv.bias
         half = h.shape[0]
         colsum = torch.zeros(self.feature_dim, dtype=torch.float64, device=h.device)
-        step = max(1, _LAST_CHUNK // 2)
-        for m0 in range(0, half, step):
-            m1 = min(m0 + step, half)
+        half_step = max(1, _LAST_CHUNK // 2)
+        for m0 in range(0, half, half_step):
+            m1 = min(m0 + half_step, half)
             lo, hi = max(m0 - 1, 0), min(m1 + 1, half)
             y = conv_transpose1d_k4s2p1_cl(h[None, lo:hi], w, bias)[0]  # rows of [lo, hi)
             y = y[2 * (m0 - lo):2 * (m1 - lo)].tanh_()
-            colsum += y.sum(0, dtype=torch.float64)
+            colsum += y.sum(0)  # float32 chunk sums, accumulated in float64
+            del y
         a = self._channel_attention((colsum / (2 * half)).to(h.dtype)[None])[0]
         idx = valid.nonzero().squeeze(1)
-        out = h.new_empty(idx.shape[0], self.feature_dim)
         hp = F.pad(h, (0, 0, 1, 1))  # hp[m + 1] = h[m], zero rows at both ends
-        for parity, (w_self, w_other, shift) in enumerate(((w[:, :, 1], w[:, :, 3], 0),
-                                                           (w[:, :, 2], w[:, :, 0], 2))):
-            sel = (idx % 2 == parity).nonzero().squeeze(1)
-            if sel.numel() == 0:
-                continue
-            m = idx[sel] // 2
-            for j in range(0, m.shape[0], _LAST_CHUNK):
-                mm = m[j:j + _LAST_CHUNK]
+        # y[2m] = b + W1ᵀx[m] + W3ᵀx[m−1]; y[2m+1] = b + W2ᵀx[m] + W0ᵀx[m+1]
+        kinds = ((torch.cat([w[:, :, 1], w[:, :, 3]], 0), 0), (torch.cat([w[:, :, 2], w[:, :, 0]], 0), 2))
+        for j in range(0, idx.numel(), step):
+            t = idx[j:j + step]
+            out = h.new_empty(t.numel(), self.feature_dim)
+            for parity, (w_cat, shift) in enumerate(kinds):
+                sel = (t % 2 == parity).nonzero().squeeze(1)
+                if sel.numel() == 0:
+                    continue
+                mm = t[sel] // 2
                 xin = torch.cat([hp[mm + 1], hp[mm + shift]], 1)  # [x[m], x[m∓1]]
-                y = torch.addmm(bias, xin, torch.cat([w_self, w_other], 0)).tanh_().mul_(a)
-                out[sel[j:j + _LAST_CHUNK]] = y
-        return out
+                out[sel] = torch.addmm(bias, xin, w_cat).tanh_().mul_(a)
+            yield out
+
+    def _token_linear_cols(self, cols: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``projection[0]`` from the columns of the tokens that may be non-zero (the others are
+        zero and add nothing): cols ``(C, k)``, idx ``(k,)`` → ``(C, Lr)`` (no autograd)."""
+        lin = self.projection[0]
+        z = None
+        for j in range(0, idx.numel(), _SKIP_CHUNK):
+            w = lin.weight.index_select(1, idx[j:j + _SKIP_CHUNK])  # (Lr, k)
+            part = torch.matmul(cols[:, j:j + _SKIP_CHUNK], w.t())
+            z = part if z is None else z.add_(part)
+        if z is None:
+            return lin.bias.expand(cols.shape[0], -1).clone()
+        return z.add_(lin.bias)
 
     def _token_linear(self, x: torch.Tensor) -> torch.Tensor:
         """``projection[0]`` along the token axis, skipping all-zero tokens: ``(B, L, C) → (B, C, Lr)``."""

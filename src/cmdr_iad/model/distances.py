@@ -1,13 +1,14 @@
 """The four distance maps and the per-head training losses on the exact fast paths.
 
-Inference (:func:`distance_maps`) and training (:func:`masked_head_loss`) only need the heads'
-outputs at valid pixels: the scoring sets every distance map to 0 where there is no 3D point
-(``fusion.score`` step 1) and the masked loss ignores those rows. So each head runs its fast path
-(`CrossModalMLP.apply_rows`, `Decoder2D.forward_rows`, `Decoder3D.forward_fast`, see
-:mod:`cmdr_iad.model.fast`), the valid feature rows are gathered and L2-normalised **once** per
-sample and shared by the four maps, and samples go one at a time so that memory per sample stays
-flat with the batch size. Results equal the plain path (every head on every pixel, then
-``fusion.euclid`` and masking) up to float32 rounding.
+Inference (:func:`distance_maps`, :func:`sample_distance_maps`) and training
+(:func:`masked_head_loss`) only need the heads' outputs at valid pixels: the scoring sets every
+distance map to 0 where there is no 3D point (``fusion.score`` step 1) and the masked loss ignores
+those rows. So each head runs its fast path (`CrossModalMLP.apply_rows`,
+`Decoder2D.rows_from_source`, `Decoder3D.rows_from_source`, see :mod:`cmdr_iad.model.fast`), the
+features are read through token sources (:mod:`cmdr_iad.model.tokens`) a chunk of valid rows at
+a time, and samples go one at a time so that memory per sample stays flat with the batch size.
+Results equal the plain path (every head on every pixel, then ``fusion.euclid`` and masking) up
+to float32 rounding.
 
 Head names are the official ones: ``map2Dto3D`` (F2D → F̂3D, gives ``d_map3d``), ``map3Dto2D``
 (F3D → F̂2D, ``d_map2d``), ``Dec2D`` (``d_rec2d``), ``Dec3D`` (``d_rec3d``).
@@ -15,7 +16,7 @@ Head names are the official ones: ``map2Dto3D`` (F2D → F̂3D, gives ``d_map3d`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,10 @@ from ..errors import UserInputError
 from .fast import check_valid, chunk_rows
 from .fusion import euclid
 from .losses import row_losses
+from .tokens import DenseRows, TokenRows
 
-__all__ = ["EPS", "normalized_distance", "distance_maps", "plain_distance_maps", "masked_head_loss"]
+__all__ = ["EPS", "normalized_distance", "distance_maps", "sample_distance_maps", "plain_distance_maps",
+           "masked_head_loss"]
 
 EPS = 1e-12  # as fusion.euclid
 
@@ -36,18 +39,15 @@ def normalized_distance(a: torch.Tensor, b_unit: torch.Tensor, eps: float = EPS)
     return (F.normalize(a, dim=-1, eps=eps) - b_unit).pow(2).sum(-1).sqrt()
 
 
-def _chunked_distance(fn: Callable[[torch.Tensor], torch.Tensor], src: torch.Tensor,
-                      target_unit: torch.Tensor, chunk: int) -> torch.Tensor:
-    """d[i] = euclid(fn(src[i]), target[i]) over packed rows, ``chunk`` rows at a time: ``(n,)``."""
-    out = target_unit.new_empty(src.shape[0])
-    for i in range(0, src.shape[0], chunk):
-        out[i:i + chunk] = normalized_distance(fn(src[i:i + chunk]), target_unit[i:i + chunk])
-    return out
-
-
-def _tokens(f: torch.Tensor) -> torch.Tensor:
-    """One sample ``(C, G, G)`` → token view ``(G·G, C)`` (no copy)."""
-    return f.flatten(1).t()
+def _want(heads: Mapping[str, nn.Module], has2: bool, has3: bool) -> list[str]:
+    want = []
+    if has2 and has3 and "map3Dto2D" in heads and "map2Dto3D" in heads:
+        want += ["d_map2d", "d_map3d"]
+    if has2 and "Dec2D" in heads:
+        want.append("d_rec2d")
+    if has3 and "Dec3D" in heads:
+        want.append("d_rec3d")
+    return want
 
 
 @torch.no_grad()
@@ -71,53 +71,78 @@ def distance_maps(heads: Mapping[str, nn.Module], f2d: torch.Tensor | None,
     if valid is None:
         valid = torch.ones(b, g, g, dtype=torch.bool, device=ref.device)
     check_valid(valid, (b, g, g))
-    step = chunk_rows(ref.device, chunk)
-    want = []
-    if f2d is not None and f3d is not None and "map3Dto2D" in heads and "map2Dto3D" in heads:
-        want += ["d_map2d", "d_map3d"]
-    if f2d is not None and "Dec2D" in heads:
-        want.append("d_rec2d")
-    if f3d is not None and "Dec3D" in heads:
-        want.append("d_rec3d")
-    out = {k: ref.new_zeros(b, g * g, dtype=torch.float32) for k in want}
+    want = _want(heads, f2d is not None, f3d is not None)
+    out = {k: ref.new_zeros(b, g, g, dtype=torch.float32) for k in want}
     for i in range(b):
-        v = valid[i].reshape(-1)
-        if bool(v.any()):
-            t2 = None if f2d is None else _tokens(f2d[i].float())
-            t3 = None if f3d is None else _tokens(f3d[i].float())
-            for k, d in _sample_distances(heads, t2, t3, v, want, step, chunk).items():
-                out[k][i, v] = d
-    return {k: m.view(b, g, g) for k, m in out.items()}
+        s2 = None if f2d is None else DenseRows(f2d[i].float())
+        s3 = None if f3d is None else DenseRows(f3d[i].float())
+        for k, m in sample_distance_maps(heads, s2, s3, valid[i], chunk=chunk).items():
+            out[k][i] = m
+    return out
 
 
-def _sample_distances(heads: Mapping[str, nn.Module], t2: torch.Tensor | None,
-                      t3: torch.Tensor | None, v: torch.Tensor, want: list[str], step: int,
-                      chunk: int | None) -> dict[str, torch.Tensor]:
-    """Distances ``(n_valid,)`` of one sample; tokens ``(N, C)``, ``v`` ``(N,)`` bool."""
-    d: dict[str, torch.Tensor] = {}
-    u2 = u3 = None
-    if t2 is not None:
-        r2 = t2[v]  # (n, C2): valid rows gathered once, normalised once
-        u2 = F.normalize(r2, dim=-1, eps=EPS)
-    if t3 is not None:
-        r3 = t3[v]
-        u3 = F.normalize(r3, dim=-1, eps=EPS)
+@torch.no_grad()
+def sample_distance_maps(heads: Mapping[str, nn.Module], s2: TokenRows | None,
+                         s3: TokenRows | None, valid: torch.Tensor, *,
+                         chunk: int | None = None,
+                         between: Callable[[], object] | None = None) -> dict[str, torch.Tensor]:
+    """Distance maps ``(G, G)`` of one sample from its token sources (exact zeros off ``valid``).
+
+    s2 / s3: F2D / F3D tokens (:mod:`cmdr_iad.model.tokens`: dense, upsampled on demand or
+    packed) or None; valid ``(G, G)`` bool. The valid rows are read in chunks of
+    :func:`~cmdr_iad.model.fast.chunk_rows` rows and normalised per chunk, so no ``(n_valid, C)``
+    copy of the features is held; the mapping pair shares each chunk's rows. ``between`` (e.g.
+    `cmdr_iad.memory.release_memory` on CPU) is called after each head's phase, so that the
+    phases' working memory does not pile up in the allocator.
+    """
+    between = between or _nothing
+    ref = s2 if s2 is not None else s3
+    if ref is None:
+        raise UserInputError("sample_distance_maps needs at least one of s2 and s3")
+    g = valid.shape[-1]
+    check_valid(valid, (g, g))
+    if s2 is not None and s3 is not None and s2.n != s3.n:
+        raise UserInputError(f"F2D and F3D token counts differ: {s2.n} vs {s3.n}")
+    if ref.n != g * g:
+        raise UserInputError(f"the features have {ref.n} tokens, the valid mask {g}×{g}")
+    step = chunk_rows(valid.device, chunk)
+    want = _want(heads, s2 is not None, s3 is not None)
+    v = valid.reshape(-1)
+    idx = v.nonzero().squeeze(1)
+    flat = {k: torch.zeros(g * g, dtype=torch.float32, device=valid.device) for k in want}
+    if idx.numel() == 0:
+        return {k: m.view(g, g) for k, m in flat.items()}
     if "d_map2d" in want:
-        d["d_map2d"] = _chunked_distance(heads["map3Dto2D"], r3, u2, step)
-        d["d_map3d"] = _chunked_distance(heads["map2Dto3D"], r2, u3, step)
-    r2 = r3 = None  # free the raw rows before the decoders
+        d2, d3 = flat["d_map2d"], flat["d_map3d"]
+        for i in range(0, idx.numel(), step):
+            ii = idx[i:i + step]
+            a2, a3 = s2.rows(ii), s3.rows(ii)
+            d2[ii] = normalized_distance(heads["map3Dto2D"](a3), F.normalize(a2, dim=-1, eps=EPS))
+            d3[ii] = normalized_distance(heads["map2Dto3D"](a2), F.normalize(a3, dim=-1, eps=EPS))
+        del a2, a3
+        between()
     if "d_rec2d" in want:
-        rec = heads["Dec2D"].forward_rows(t2[None], v[None], chunk)  # (n, C2)
-        d["d_rec2d"] = _chunked_distance(_identity, rec, u2, step)
-        rec = None
+        _rows_distance(flat["d_rec2d"], heads["Dec2D"].iter_rows_from_source(s2, v, chunk), s2, idx)
+        between()
     if "d_rec3d" in want:
-        rec = heads["Dec3D"].forward_rows(t3[None], v[None])  # (n, C3)
-        d["d_rec3d"] = _chunked_distance(_identity, rec, u3, step)
-    return d
+        _rows_distance(flat["d_rec3d"], heads["Dec3D"].iter_rows_from_source(s3, v, chunk), s3, idx)
+    return {k: m.view(g, g) for k, m in flat.items()}
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+def _nothing() -> None:
+    return None
+
+
+def _rows_distance(out: torch.Tensor, preds: Iterable[torch.Tensor], src: TokenRows,
+                   idx: torch.Tensor) -> None:
+    """out[idx] = euclid(pred, src.rows(idx)) for the consecutive chunks of predicted rows."""
+    i = 0
+    for pred in preds:
+        ii = idx[i:i + pred.shape[0]]
+        out[ii] = normalized_distance(pred, F.normalize(src.rows(ii), dim=-1, eps=EPS))
+        i += pred.shape[0]
+    if i != idx.numel():
+        raise RuntimeError(f"a decoder returned {i} rows for {idx.numel()} valid tokens")
 
 
 @torch.no_grad()

@@ -41,9 +41,10 @@ __all__ = [
     "conv_transpose2d_as_conv2d",
 ]
 
-CHUNK_ROWS = 4096
-"""Rows per chunk of a token-wise layer without autograd (CPU): 4096 × 1536 × 4 B ≈ 25 MB for the
-widest intermediate, small enough to stay in the last-level cache of a server CPU."""
+CHUNK_ROWS = 2048
+"""Rows per chunk of a token-wise layer without autograd (CPU): 2048 × 1536 × 4 B ≈ 12.6 MB for the
+widest intermediate. Measured on the paper-size heads: 1024, 2048 and 4096 rows run at the same
+speed (±2 %), while the allocator's peak grows with the chunk (+154 / +163 / +220 MB)."""
 
 _CUDA_CHUNK_ROWS = 65536
 
