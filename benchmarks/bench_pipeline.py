@@ -43,11 +43,14 @@ def run_configs(args) -> dict:
             base = dict(preset=preset, modality=modality, samples=args.samples, batch_size=1,
                         device=args.device, random_backbones=True, stages=True, threads=args.threads,
                         sample_size=args.sample_size)
+            main = (preset, modality) == (args.preset, args.modality)
             for heads in ("fast", "reference"):
-                if heads == "reference" and (preset, modality) != (args.preset, args.modality):
+                if heads == "reference" and not main:
                     continue
-                print(f"running {preset} {modality} heads={heads} ...", flush=True)
-                results.append(run_isolated(**base, heads=heads).to_dict())
+                runs = args.repeats if heads == "fast" and main else 1
+                for k in range(runs):
+                    print(f"running {preset} {modality} heads={heads} ({k + 1}/{runs}) ...", flush=True)
+                    results.append(run_isolated(**base, heads=heads).to_dict())
             if args.batch_size > 1 and (preset, modality) == (args.preset, args.modality):
                 print(f"running {preset} {modality} batch {args.batch_size} ...", flush=True)
                 results.append(run_isolated(**{**base, "batch_size": args.batch_size,
@@ -78,16 +81,26 @@ def _fmt_s(x: float) -> str:
     return f"{x:.2f} s"
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median time (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["seconds_per_sample"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def render(data: dict) -> str:
     res = data["pipeline"]
-    fast = next(r for r in res if r["heads"] == "fast" and r["precision"] == "fp32" and r["batch_size"] == 1)
+    first = next(r for r in res if r["heads"] == "fast" and r["precision"] == "fp32" and r["batch_size"] == 1)
+    fasts = [r for r in res if r["heads"] == "fast" and r["precision"] == "fp32" and r["batch_size"] == 1
+             and (r["preset"], r["modality"]) == (first["preset"], first["modality"])]
+    fast = _median_run(fasts)
     ref = next((r for r in res if r["heads"] == "reference" and r["preset"] == fast["preset"]
                 and r["modality"] == fast["modality"]), None)
     m = fast["machine"]
     lines = [
         "# Performance",
         "",
-        "Regenerate this note with `python benchmarks/bench_pipeline.py --training --bf16 --batch-size 2 --write-docs`",
+        "Regenerate this note with `python benchmarks/bench_pipeline.py --training --bf16 --batch-size 2 "
+        "--write-docs`",
         f"(last run {data.get('date', '?')}). The machine is shared: each run records its own load",
         "and matmul throughput, and the head and training ratios are measured within one process.",
         "",
@@ -98,7 +111,9 @@ def render(data: dict) -> str:
         "map and image score (`CMDRIAD.predict_many`, synchronised on CUDA), after one warm-up sample.",
         "Peak memory: peak resident set size of the process on CPU (reset after the model is built,",
         "so it covers inference with all weights resident), `torch.cuda.max_memory_allocated` on CUDA.",
-        "Every configuration runs in a fresh process. Inputs: generated 800×800 scans with the table",
+        "Every configuration runs in a fresh process; the main exact configuration runs several times",
+        "(each run is a row below) and the targets use the run with the median time, because the",
+        "machine is shared and its throughput changes between runs. Inputs: generated 800×800 scans with the table",
         "removed by the dataset preprocessing (as the paper's MVTec 3D-AD data); random backbone",
         "weights (time and memory do not depend on the values).",
         "",
@@ -154,10 +169,12 @@ def render(data: dict) -> str:
         t = data.get("training")
         best = max(r["matmul_gflops"] for r in res)
         at_best = fast["flops_per_sample"] / (fast["matmul_fraction"] * best * 1e9)
+        times = ", ".join(f"{r['seconds_per_sample']:.2f} s at {r['matmul_gflops']:.0f}" for r in fasts)
         lines += [
             "## Against the targets (paper preset, RGB+3D, batch 1, CPU)",
             "",
-            f"- time per sample ≤ 8.1 s: measured {fast['seconds_per_sample']:.2f} s at "
+            f"- runs of the exact path: {times} GFLOP/s of matmul throughput",
+            f"- time per sample ≤ 8.1 s: median run {fast['seconds_per_sample']:.2f} s at "
             f"{fast['matmul_gflops']:.0f} GFLOP/s of in-run matmul throughput; at the best throughput "
             f"seen in this run ({best:.0f} GFLOP/s) the same matmul fraction gives {at_best:.2f} s",
             f"- matmul fraction ≥ 50 %: {100 * fast['matmul_fraction']:.0f} %",
@@ -271,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-modalities", action="store_true")
     ap.add_argument("--samples", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=1, help="also run this batch size (> 1)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="fresh-process runs of the main exact configuration (the median is used)")
     ap.add_argument("--sample-size", type=int, default=800)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
