@@ -312,6 +312,21 @@ def interpolate_pool_packed(features: Tensor, points: Tensor, centres: Tensor, p
     return cols, support
 
 
+def _run_point_mae(model: PointMAE, xyz: Tensor, bn: str, timings: dict[str, float] | None
+                   ) -> tuple[Tensor, _Timer, tuple[Tensor, Tensor, Tensor], PointFeatures]:
+    """Checked cloud on the model's device, the stage timer, its valid points
+    ``(points, lengths, pix)`` and the Point-MAE features (working memory released on CPU)."""
+    device = next(model.parameters()).device
+    xyz = check_organized(xyz).to(device)
+    timer = _Timer(timings, device)
+    with timer("assembly"):
+        organized = organized_points(xyz)
+    pf = point_features(model, organized[0], organized[1], bn=bn, timings=timings)
+    if device.type == "cpu":
+        release_memory()  # Point-MAE's freed working memory, before the output is allocated
+    return xyz, timer, organized, pf
+
+
 @torch.no_grad()
 def xyz_feature_map(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
                     timings: dict[str, float] | None = None,
@@ -326,15 +341,9 @@ def xyz_feature_map(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
     "point_mae", "interpolation" (3-NN + scatter), "assembly" (point selection, pooling, mask)). return_point_features adds the `PointFeatures` (groups, token features).
     Raises `UserInputError` for bad shapes/dtypes, NaN/inf, empty clouds or too few points.
     """
-    device = next(model.parameters()).device
-    xyz = check_organized(xyz).to(device)
+    xyz, timer, (points, lengths, pix), pf = _run_point_mae(model, xyz, bn, timings)
+    device = xyz.device
     b, _, h, w = xyz.shape
-    timer = _Timer(timings, device)
-    with timer("assembly"):
-        points, lengths, pix = organized_points(xyz)
-    pf = point_features(model, points, lengths, bn=bn, timings=timings)
-    if device.type == "cpu":
-        release_memory()  # Point-MAE's freed working memory, before the output is allocated
     c = pf.features.shape[1]
     f3d = torch.empty(b, c, h, w, dtype=torch.float32, device=device)
     for i in range(b):
@@ -358,17 +367,11 @@ def xyz_feature_rows(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
     of the dense 231 MB map), and valid ``(H, W)`` bool with the same rule as the dense map.
     Inference reads F3D through it (see `cmdr_iad.model.distances.sample_distance_maps`).
     """
-    device = next(model.parameters()).device
-    xyz = check_organized(xyz).to(device)
-    if xyz.shape[0] != 1:
+    if isinstance(xyz, Tensor) and xyz.dim() == 4 and xyz.shape[0] != 1:
         raise UserInputError(f"xyz_feature_rows takes one cloud (1, 3, H, W), got {tuple(xyz.shape)}")
+    xyz, timer, (points, lengths, pix), pf = _run_point_mae(model, xyz, bn, timings)
+    device = xyz.device
     _, _, h, w = xyz.shape
-    timer = _Timer(timings, device)
-    with timer("assembly"):
-        points, lengths, pix = organized_points(xyz)
-    pf = point_features(model, points, lengths, bn=bn, timings=timings)
-    if device.type == "cpu":
-        release_memory()
     n = int(lengths[0])
     cols, support = interpolate_pool_packed(pf.features[0], points[0, :n], pf.groups.centres[0],
                                             pix[0, :n], (h, w), timer)
