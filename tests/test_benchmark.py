@@ -173,8 +173,8 @@ def test_format_table_has_one_row_per_result():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux-only")
 def test_paper_size_sample_peaks_below_2_gib_on_cpu():
     """Issue target: one paper-size RGB+3D sample at batch 1 stays below 2 GB of peak RSS with
-    every weight resident (measured 1.86–1.98 GiB here; the torch/timm runtime and the weights
-    alone are ~1.63 GiB, so a regression of the compact feature path shows up here)."""
+    every weight resident (measured 1853–1980 MiB here; the torch/timm runtime and the weights
+    alone are ~1627 MiB, so a regression of the compact feature path shows up here)."""
     from cmdr_iad.benchmark import run_isolated
 
     r = run_isolated(timeout=900, preset="paper", modality="rgb+xyz", samples=1, batch_size=1,
