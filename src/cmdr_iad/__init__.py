@@ -3,7 +3,7 @@ anomaly detection on RGB images and 3D point clouds (arXiv 2603.03939)."""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["__version__", "CMDRIAD", "presets"]
 
