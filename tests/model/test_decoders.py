@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from cmdr_iad.errors import UserInputError
 from cmdr_iad.model.decoders import Decoder2D, Decoder3D, WindowAttention, reduced_length
 from cmdr_iad.model.mapping import CrossModalMLP
 
@@ -71,24 +70,24 @@ def test_decoder3d_length_rules():
 
 
 def test_wrong_token_count_is_named():
-    with pytest.raises(UserInputError, match=r"N = 36 tokens \(a 6×6 grid\), got 35"):
+    with pytest.raises(ValueError, match=r"N = 36 tokens \(a 6×6 grid\), got 35"):
         Decoder2D(32, img_size=6, num_heads=4)(torch.randn(1, 35, 32))
-    with pytest.raises(UserInputError, match=r"N = 64 tokens.*got 65"):
+    with pytest.raises(ValueError, match=r"N = 64 tokens.*got 65"):
         Decoder3D(64, 16)(torch.randn(1, 65, 16))
-    with pytest.raises(UserInputError, match="C = 16 channels, got 8"):
+    with pytest.raises(ValueError, match="C = 16 channels, got 8"):
         Decoder3D(64, 16)(torch.randn(1, 64, 8))
-    with pytest.raises(UserInputError, match=r"\(B, N, C\)"):
+    with pytest.raises(ValueError, match=r"\(B, N, C\)"):
         Decoder2D(32, img_size=6, num_heads=4)(torch.randn(36, 32))
-    with pytest.raises(UserInputError, match="last axis"):
+    with pytest.raises(ValueError, match="last axis"):
         CrossModalMLP(8, 4)(torch.randn(1, 3, 5))
 
 
 def test_bad_constructor_arguments():
-    with pytest.raises(UserInputError, match="num_heads"):
+    with pytest.raises(ValueError, match="num_heads"):
         Decoder2D(30, img_size=4, num_heads=4)
-    with pytest.raises(UserInputError, match="even"):
+    with pytest.raises(ValueError, match="even"):
         Decoder2D(33, img_size=4)
-    with pytest.raises(UserInputError):
+    with pytest.raises(ValueError):
         CrossModalMLP(0, 4)
 
 

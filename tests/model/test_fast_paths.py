@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-import cmdr_iad.model.decoders as decoders_mod
-from cmdr_iad.errors import UserInputError
+import cmdr_iad.model.rows as rows_mod
 from cmdr_iad.model.decoders import Decoder2D, Decoder3D
-from cmdr_iad.model.distances import distance_maps, masked_head_loss, plain_distance_maps
+from cmdr_iad.model.distances import masked_head_loss, reference_distance_maps, sample_distance_maps
 from cmdr_iad.model.fast import apply_rows, conv_transpose1d_k4s2p1_cl, fold_batchnorm
 from cmdr_iad.model.fusion import euclid
 from cmdr_iad.model.losses import masked_similarity_loss
 from cmdr_iad.model.mapping import CrossModalMLP
+from cmdr_iad.model.rows import decoder3d_fast_forward, head_rows, iter_head_rows
+from cmdr_iad.model.tokens import DenseRows
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}  # golden README: network outputs
 
@@ -45,6 +46,17 @@ def grid_mask(b: int, s: int) -> torch.Tensor:
     return m.view(b, -1)
 
 
+def dense_maps(heads, f2d, f3d, valid, chunk=None) -> dict[str, torch.Tensor]:
+    """The exact path on dense (B, C, G, G) maps: one sample at a time through token sources."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for i in range(valid.shape[0]):
+        s2 = None if f2d is None else DenseRows(f2d[i])
+        s3 = None if f3d is None else DenseRows(f3d[i])
+        for k, m in sample_distance_maps(heads, s2, s3, valid[i], chunk=chunk).items():
+            out.setdefault(k, []).append(m)
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
 def close(got: torch.Tensor, want, what: str) -> None:
     want = torch.as_tensor(want)
     assert got.shape == want.shape, what
@@ -61,13 +73,13 @@ def test_mlp_valid_rows_match_golden(group, make, heads_npz, filled):
     want = torch.from_numpy(heads_npz[f"{group}__y"])
     valid = torch.rand(x.shape[:2]) > 0.4
     with torch.no_grad():
-        y = net(x, valid)
-        rows = net.forward_rows(x, valid)
-        chunked = net.apply_rows(x[valid], chunk=7)
-    close(y[valid], want[valid], group)
-    assert torch.count_nonzero(y[~valid]) == 0
+        rows = head_rows(net, x, valid)
+        chunked = head_rows(net, x, valid, chunk=7)
+        it = torch.cat([r for i in range(x.shape[0])
+                        for r in iter_head_rows(net.eval(), DenseRows(x[i].t()), valid[i], 5)])
     close(rows, want[valid], f"{group} rows")
     close(chunked, want[valid], f"{group} chunked")
+    close(it, want[valid], f"{group} from a token source")
 
 
 @pytest.mark.parametrize("group,make,xkey", [
@@ -81,11 +93,10 @@ def test_decoder2d_valid_rows_match_golden(group, make, xkey, heads_npz, filled)
     want = torch.from_numpy(heads_npz[f"{group}__y"])
     valid = grid_mask(x.shape[0], net.img_size)
     with torch.no_grad():
-        y = net(x, valid)
-        rows_small_chunks = net.forward_rows(x, valid, chunk=1)  # one window per trunk call
-    close(y[valid], want[valid], group)
+        rows = head_rows(net, x, valid)
+        rows_small_chunks = head_rows(net, x, valid, chunk=1)  # one window per trunk call
+    close(rows, want[valid], group)
     close(rows_small_chunks, want[valid], f"{group} chunk=1")
-    assert torch.count_nonzero(y[~valid]) == 0
 
 
 def test_decoder3d_fast_matches_golden_with_forced_skip(heads_npz, filled, monkeypatch):
@@ -93,26 +104,26 @@ def test_decoder3d_fast_matches_golden_with_forced_skip(heads_npz, filled, monke
     x = torch.from_numpy(heads_npz["dec3d_a__x"])  # zero tokens [0, 10:20] and [1, -5:]
     want = torch.from_numpy(heads_npz["dec3d_a__y"])
     valid = x.sum(-1) != 0
-    monkeypatch.setattr(decoders_mod, "_SKIP_BELOW", 1.0)  # skip zero tokens whatever their share
+    monkeypatch.setattr(rows_mod, "SKIP_BELOW", 1.0)  # skip zero tokens whatever their share
     with torch.no_grad():
-        close(net.forward_fast(x), want, "dec3d_a fast (batch)")
-        close(net.forward_fast(x[:1]), want[:1], "dec3d_a fast (sample 0, skips 10 tokens)")
-        y = net(x, valid)
-        close(net.forward_fast(x.transpose(1, 2).contiguous().transpose(1, 2)), want, "token view")
-    close(y[valid], want[valid], "dec3d_a valid rows")
-    assert torch.count_nonzero(y[~valid]) == 0
+        close(decoder3d_fast_forward(net, x), want, "dec3d_a fast (batch)")
+        close(decoder3d_fast_forward(net, x[:1]), want[:1], "dec3d_a fast (sample 0, skips 10 tokens)")
+        rows = head_rows(net, x, valid)
+        close(decoder3d_fast_forward(net, x.transpose(1, 2).contiguous().transpose(1, 2)), want,
+              "token view")
+    close(rows, want[valid], "dec3d_a valid rows")
 
 
 @pytest.mark.parametrize("last_chunk", [6, 7, 8192])
 def test_decoder3d_rows_without_full_output_match_golden(last_chunk, heads_npz, filled, monkeypatch):
-    """forward_rows in eval mode: the last layer in chunks (pass 1), then at the valid rows only."""
+    """head_rows in eval mode: the last layer in chunks (pass 1), then at the valid rows only."""
     net = filled(Decoder3D(256, 64))
     x = torch.from_numpy(heads_npz["dec3d_a__x"])
     want = torch.from_numpy(heads_npz["dec3d_a__y"])
-    monkeypatch.setattr(decoders_mod, "_LAST_CHUNK", last_chunk)
+    monkeypatch.setattr(rows_mod, "LAST_CHUNK", last_chunk)
     for valid in (x.sum(-1) != 0, torch.ones(2, 256, dtype=torch.bool), torch.rand(2, 256) > 0.7):
         with torch.no_grad():
-            rows = net.forward_rows(x, valid)
+            rows = head_rows(net, x, valid)
         close(rows, want[valid], f"dec3d_a rows, chunk {last_chunk}")
 
 
@@ -136,9 +147,9 @@ def test_decoder2d_region_path_equals_plain(s, ws):
     valid = torch.cat([grid_mask(2, s), torch.ones(1, s * s, dtype=torch.bool)])
     with torch.no_grad():
         plain = net(x)
-        fast = net(x, valid)
-        empty = net.forward_rows(x[:1], torch.zeros(1, s * s, dtype=torch.bool))
-    close(fast[valid], plain[valid], f"S={s} window={ws}")
+        fast = head_rows(net, x, valid)
+        empty = head_rows(net, x[:1], torch.zeros(1, s * s, dtype=torch.bool))
+    close(fast, plain[valid], f"S={s} window={ws}")
     assert empty.shape == (0, 32)
 
 
@@ -150,10 +161,11 @@ def test_decoder3d_fast_equals_plain_with_many_missing_tokens():
     x[1, 1800:] = 0
     with torch.no_grad():
         plain = net(x)
-        close(net.forward_fast(x), plain, "rows layout")
-        close(net.forward_fast(x.transpose(1, 2).contiguous().transpose(1, 2)), plain, "token view")
+        close(decoder3d_fast_forward(net, x), plain, "rows layout")
+        close(decoder3d_fast_forward(net, x.transpose(1, 2).contiguous().transpose(1, 2)), plain,
+              "token view")
         zero = torch.zeros(1, 64 * 32, 24)
-        close(net.forward_fast(zero), net(zero), "all tokens missing")
+        close(decoder3d_fast_forward(net, zero), net(zero), "all tokens missing")
 
 
 def test_decoder3d_fast_in_training_mode_matches_plain():
@@ -164,7 +176,7 @@ def test_decoder3d_fast_in_training_mode_matches_plain():
     x = torch.randn(3, 256, 16)
     x[:, 40:200] = 0
     plain_net = _clone(net)
-    y = net.forward_fast(x)
+    y = decoder3d_fast_forward(net, x)
     close(y, plain_net(x), "train-mode output (batch statistics)")
     close(net.decoder[1].running_mean, plain_net.decoder[1].running_mean, "BN running mean update")
 
@@ -227,26 +239,28 @@ def test_distance_maps_equal_the_plain_path():
     with torch.no_grad():
         plain = {"d_map2d": euclid(heads["map3Dto2D"](t3), t2), "d_map3d": euclid(heads["map2Dto3D"](t2), t3),
                  "d_rec2d": euclid(heads["Dec2D"](t2), t2), "d_rec3d": euclid(heads["Dec3D"](t3), t3)}
-    got = distance_maps(heads, f2d, f3d, valid, chunk=5)
+    got = dense_maps(heads, f2d, f3d, valid, chunk=5)
     assert set(got) == set(plain)
     for k, p in plain.items():
         close(got[k], p.view(b, g, g) * valid, k)
-    for k, p in plain_distance_maps(heads, f2d, f3d).items():
+    for k, p in reference_distance_maps(heads, f2d, f3d).items():
         torch.testing.assert_close(p, plain[k].view(b, g, g), rtol=0, atol=0)
-    rgb = distance_maps({"Dec2D": heads["Dec2D"]}, f2d, None, None)  # RGB-only: every pixel
+    every = torch.ones_like(valid)
+    rgb = dense_maps({"Dec2D": heads["Dec2D"]}, f2d, None, every)  # RGB-only: every pixel
     close(rgb["d_rec2d"], plain["d_rec2d"].view(b, g, g), "rgb only")
-    xyz = distance_maps({"Dec3D": heads["Dec3D"]}, None, f3d, valid)
+    xyz = dense_maps({"Dec3D": heads["Dec3D"]}, None, f3d, valid)
     assert set(xyz) == {"d_rec3d"}
 
 
 def test_bad_valid_masks_are_named():
-    net = CrossModalMLP(4, 3)
-    with pytest.raises(UserInputError, match="valid"):
-        net(torch.randn(1, 5, 4), torch.ones(1, 4, dtype=torch.bool))
-    with pytest.raises(UserInputError, match="bool"):
-        Decoder2D(8, 4, 2, 4)(torch.randn(1, 16, 8), torch.ones(1, 16))
-    with pytest.raises(UserInputError, match="32"):
-        Decoder3D(40, 8)(torch.randn(1, 40, 8), torch.ones(1, 40, dtype=torch.bool))
+    with pytest.raises(ValueError, match="valid"):
+        head_rows(CrossModalMLP(4, 3), torch.randn(1, 5, 4), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        head_rows(Decoder2D(8, 4, 2, 4), torch.randn(1, 16, 8), torch.ones(1, 16))
+    with pytest.raises(ValueError, match="32"):
+        head_rows(Decoder3D(40, 8), torch.randn(1, 40, 8), torch.ones(1, 40, dtype=torch.bool))
+    with pytest.raises(TypeError, match="Linear"):
+        head_rows(nn.Linear(4, 3), torch.randn(1, 5, 4), torch.ones(1, 5, dtype=torch.bool))
 
 
 # --------------------------------------------------------------------------- training gradients
@@ -293,7 +307,6 @@ def test_valid_only_step_has_the_every_pixel_gradients(name):
 def test_sample_distance_maps_from_compact_sources_equal_dense():
     """Inference reads F2D upsampled on demand and F3D packed to its support; the maps equal
     those of the dense features (which equal the plain path, above)."""
-    from cmdr_iad.model.distances import sample_distance_maps
     from cmdr_iad.model.tokens import PackedRows, UpsampledRows
 
     g, c2, c3 = 8, 16, 24
@@ -308,7 +321,7 @@ def test_sample_distance_maps_from_compact_sources_equal_dense():
     sidx = support.view(-1).nonzero().squeeze(1)
     s2 = UpsampledRows(low, g)
     s3 = PackedRows(f3d[0].flatten(1)[:, sidx].contiguous(), sidx, g * g)
-    want = distance_maps(heads, f2d, f3d, valid[None])
+    want = dense_maps(heads, f2d, f3d, valid[None])
     calls = []
     got = sample_distance_maps(heads, s2, s3, valid, chunk=7, between=lambda: calls.append(1))
     assert set(got) == set(want) and len(calls) == 2  # after the mapping pair and after Dec2D
@@ -319,7 +332,7 @@ def test_sample_distance_maps_from_compact_sources_equal_dense():
 
 @pytest.mark.parametrize("chunk", [1, 5, 4096])
 def test_decoder_row_iterators_cover_the_valid_rows_in_order(chunk):
-    from cmdr_iad.model.tokens import DenseRows
+
 
     g, c = 8, 24
     v = grid_mask(2, g)[1]
@@ -329,12 +342,12 @@ def test_decoder_row_iterators_cover_the_valid_rows_in_order(chunk):
     x3 = torch.randn(g * g, c) * v[:, None]
     with torch.no_grad():
         for net, x in ((d2, x2), (d3, x3)):
-            parts = list(net.iter_rows_from_source(DenseRows(x.t()), v, chunk))
+            parts = list(iter_head_rows(net, DenseRows(x.t()), v, chunk))
             assert all(p.shape[0] <= chunk for p in parts)
             close(torch.cat(parts), net(x[None])[0][v], type(net).__name__)
-            assert list(net.iter_rows_from_source(DenseRows(x.t()), torch.zeros_like(v), chunk)) == []
+            assert list(iter_head_rows(net, DenseRows(x.t()), torch.zeros_like(v), chunk)) == []
     d2.train()
-    with pytest.raises(UserInputError, match="eval"):
-        d2.rows_from_source(DenseRows(x2.t()), v)
-    with pytest.raises(UserInputError, match="tokens"):
-        d3.eval().rows_from_source(DenseRows(torch.randn(c, 10)), v)
+    with pytest.raises(ValueError, match="eval"):
+        list(iter_head_rows(d2, DenseRows(x2.t()), v))
+    with pytest.raises(ValueError, match="tokens"):
+        list(iter_head_rows(d3.eval(), DenseRows(torch.randn(c + 1, 64)), v))

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from cmdr_iad.config import ScoreConfig
-from cmdr_iad.errors import UserInputError
 from cmdr_iad.model import fusion as fu
 
 
@@ -165,7 +164,7 @@ def test_case1_product_option():
     const = [torch.full((1, 8, 8), v) for v in (M2, M3, R2, R3)]
     got = fu.fuse_case_1(*const, d_rec="product")
     np.testing.assert_allclose(got.numpy(), ALPHA * JOINT * R2 * R3, rtol=2e-6)
-    with pytest.raises(UserInputError, match="d_rec"):
+    with pytest.raises(ValueError, match="d_rec"):
         fu.fuse_case_1(*const, d_rec="max")
 
 
@@ -253,61 +252,61 @@ def _maps(shape=(1, 6, 6)):
 def test_shape_mismatch_between_maps():
     m = _maps()
     m[1] = torch.rand(1, 6, 5)
-    with pytest.raises(UserInputError, match="d_map3d has shape"):
+    with pytest.raises(ValueError, match="d_map3d has shape"):
         fu.score(*m, torch.ones(1, 6, 6, dtype=torch.bool))
 
 
 def test_shape_mismatch_between_maps_and_valid():
-    with pytest.raises(UserInputError, match="valid mask has shape"):
+    with pytest.raises(ValueError, match="valid mask has shape"):
         fu.score(*_maps(), torch.ones(1, 6, 7, dtype=torch.bool))
 
 
 def test_valid_must_be_bool():
-    with pytest.raises(UserInputError, match="bool"):
+    with pytest.raises(ValueError, match="bool"):
         fu.score(*_maps(), torch.ones(1, 6, 6))
 
 
 def test_maps_must_be_batched_2d():
     m = _maps()
     m[0] = m[0][0]
-    with pytest.raises(UserInputError, match=r"d_map2d must be a \(B, H, W\)"):
+    with pytest.raises(ValueError, match=r"d_map2d must be a \(B, H, W\)"):
         fu.score(*m, None)
 
 
 def test_nan_input_is_named():
     m = _maps((2, 6, 6))
     m[3][1, 2, 2] = float("nan")
-    with pytest.raises(UserInputError, match=r"d_rec3d contains NaN.*\[1\]"):
+    with pytest.raises(ValueError, match=r"d_rec3d contains NaN.*\[1\]"):
         fu.score(*m, None)
 
 
 def test_sample_without_valid_pixel_is_named():
     valid = torch.ones(3, 6, 6, dtype=torch.bool)
     valid[2] = False
-    with pytest.raises(UserInputError, match=r"sample\(s\) \[2\] have no valid pixel"):
+    with pytest.raises(ValueError, match=r"sample\(s\) \[2\] have no valid pixel"):
         fu.score(*_maps((3, 6, 6)), valid)
 
 
 def test_all_zero_map_has_no_nonzero_mean():
     x = torch.rand(2, 5, 5)
     x[0] = 0
-    with pytest.raises(UserInputError, match=r"sample\(s\) \[0\].*empty set"):
+    with pytest.raises(ValueError, match=r"sample\(s\) \[0\].*empty set"):
         fu.image_score(x)
-    with pytest.raises(UserInputError, match="empty set"):
+    with pytest.raises(ValueError, match="empty set"):
         fu.aupro_map(x)
     assert torch.isfinite(fu.pixel_scores(x[1:])).all()
 
 
 def test_unknown_variant_and_missing_map():
-    with pytest.raises(UserInputError, match="unknown fusion variant"):
+    with pytest.raises(ValueError, match="unknown fusion variant"):
         fu.score(*_maps(), None, "case7")
     m = _maps()
-    with pytest.raises(UserInputError, match="needs d_map2d"):
+    with pytest.raises(ValueError, match="needs d_map2d"):
         fu.score(None, m[1], m[2], m[3], None, "full")
 
 
 def test_even_box_size_rejected():
-    with pytest.raises(UserInputError, match="odd"):
+    with pytest.raises(ValueError, match="odd"):
         fu.box_filter(torch.zeros(1, 4, 4), 4)
 
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmdr_iad.errors import UserInputError
 from cmdr_iad.model.tokens import DenseRows, PackedRows, UpsampledRows, linear_source_weights
 
 
@@ -58,9 +57,9 @@ def test_packed_rows_equal_dense_rows():
 
 
 def test_bad_shapes_are_named():
-    with pytest.raises(UserInputError, match="support"):
+    with pytest.raises(ValueError, match="support"):
         PackedRows(torch.zeros(3, 4), torch.arange(5), 10)
-    with pytest.raises(UserInputError, match="(C, h, w)"):
+    with pytest.raises(ValueError, match="(C, h, w)"):
         UpsampledRows(torch.zeros(3, 4), 8)
-    with pytest.raises(UserInputError):
+    with pytest.raises(ValueError):
         DenseRows(torch.zeros(1, 2, 3, 4))

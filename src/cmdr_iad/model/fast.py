@@ -27,14 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserInputError
 
 __all__ = [
     "CHUNK_ROWS",
     "check_valid",
     "chunk_rows",
     "apply_rows",
-    "scatter_rows",
     "nonzero_rows",
     "fold_batchnorm",
     "conv_transpose1d_k4s2p1_cl",
@@ -50,12 +48,12 @@ _CUDA_CHUNK_ROWS = 65536
 
 
 def check_valid(valid: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> None:
-    """Raise :class:`UserInputError` unless ``valid`` is a bool tensor of exactly ``shape``."""
+    """Raise :class:`ValueError` unless ``valid`` is a bool tensor of exactly ``shape``."""
     if not isinstance(valid, torch.Tensor):
-        raise UserInputError(f"valid must be a bool tensor of shape {tuple(shape)}, "
+        raise ValueError(f"valid must be a bool tensor of shape {tuple(shape)}, "
                              f"got {type(valid).__name__}")
     if valid.dtype != torch.bool or tuple(valid.shape) != tuple(shape):
-        raise UserInputError(f"valid must be a bool mask of shape {tuple(shape)}, got "
+        raise ValueError(f"valid must be a bool mask of shape {tuple(shape)}, got "
                              f"{tuple(valid.shape)} ({valid.dtype})")
 
 
@@ -81,17 +79,6 @@ def apply_rows(fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, o
     out = rows.new_empty(n, out_features)
     for i in range(0, n, step):
         out[i:i + step] = fn(rows[i:i + step])
-    return out
-
-
-def scatter_rows(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Packed rows ``(n, C)`` back to ``(B, N, C)`` with exact zeros where ``valid`` is False."""
-    b, n = valid.shape
-    if torch.is_grad_enabled() and rows.requires_grad:
-        out = rows.new_zeros(b * n, rows.shape[1])
-        return out.index_copy(0, valid.reshape(-1).nonzero().squeeze(1), rows).view(b, n, -1)
-    out = rows.new_zeros(b, n, rows.shape[1])
-    out[valid] = rows
     return out
 
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserInputError
 
 __all__ = [
     "VARIANTS",
@@ -98,7 +97,7 @@ def box_filter(x: Tensor, kernel_size: int) -> Tensor:
     "mean of non-zero pixels" depends on those exact zeros.
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise UserInputError(f"box filter size must be odd and positive, got {kernel_size}")
+        raise ValueError(f"box filter size must be odd and positive, got {kernel_size}")
     return F.avg_pool2d(x.unsqueeze(1), kernel_size, stride=1, padding=kernel_size // 2,
                         count_include_pad=True).squeeze(1)
 
@@ -183,7 +182,7 @@ def fuse_case_1(d_map2d: Tensor, d_map3d: Tensor, d_rec2d: Tensor, d_rec3d: Tens
     elif d_rec == "product":
         rec = d_rec2d * d_rec3d
     else:
-        raise UserInputError(f"fuse_case_1: d_rec must be 'mean' or 'product', got {d_rec!r}")
+        raise ValueError(f"fuse_case_1: d_rec must be 'mean' or 'product', got {d_rec!r}")
     return reliability_gated_mapping_anomaly(d_map2d, d_map3d) * rec
 
 
@@ -273,26 +272,26 @@ def _variant(name: str) -> _Variant:
     try:
         return _VARIANTS[name]
     except KeyError:
-        raise UserInputError(f"unknown fusion variant {name!r}; choose one of {VARIANTS}") from None
+        raise ValueError(f"unknown fusion variant {name!r}; choose one of {VARIANTS}") from None
 
 
 # --------------------------------------------------------------------------- normalisations
 def _check_map(x: Tensor, what: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise UserInputError(f"{what} must be a (B, H, W) tensor, got {shape}")
+        raise ValueError(f"{what} must be a (B, H, W) tensor, got {shape}")
 
 
 def mean_nonzero(x: Tensor) -> Tensor:
     """Per-sample mean over the pixels that are exactly ≠ 0: ``(B, H, W) → (B,)``.
 
-    Raises :class:`UserInputError` naming the samples whose map is all zero (mean of an empty set).
+    Raises :class:`ValueError` naming the samples whose map is all zero (mean of an empty set).
     """
     _check_map(x, "anomaly map")
     count = (x != 0).sum(dim=(1, 2))
     empty = (count == 0).nonzero().flatten().tolist()
     if empty:
-        raise UserInputError(
+        raise ValueError(
             f"anomaly map of sample(s) {empty} is exactly 0 everywhere: its mean over non-zero "
             "pixels (the image-score and AUPRO normaliser) is the mean of an empty set"
         )
@@ -341,32 +340,32 @@ def _prepare(maps: dict[str, Tensor | None], valid: Tensor | None,
     for name in needed:
         x = maps[name]
         if x is None:
-            raise UserInputError(f"fusion variant {variant!r} needs {name}, got None")
+            raise ValueError(f"fusion variant {variant!r} needs {name}, got None")
         _check_map(x, name)
         if not x.is_floating_point():
-            raise UserInputError(f"{name} must be a floating-point tensor, got {x.dtype}")
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
         if shape is None:
             shape, first = x.shape, name
         elif x.shape != shape:
-            raise UserInputError(
+            raise ValueError(
                 f"{name} has shape {tuple(x.shape)} but {first} has {tuple(shape)}"
             )
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
         if bad:
-            raise UserInputError(f"{name} contains NaN or infinite values (sample(s) {bad})")
+            raise ValueError(f"{name} contains NaN or infinite values (sample(s) {bad})")
         out[name] = x.float()
     ref = out[needed[0]]
     if valid is None:
         valid = torch.ones(ref.shape, dtype=torch.bool, device=ref.device)
     if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool:
-        raise UserInputError("valid must be a bool tensor (True = valid 3D point)")
+        raise ValueError("valid must be a bool tensor (True = valid 3D point)")
     if valid.shape != ref.shape:
-        raise UserInputError(
+        raise ValueError(
             f"valid mask has shape {tuple(valid.shape)} but the maps have {tuple(ref.shape)}"
         )
     empty = (~valid.flatten(1).any(1)).nonzero().flatten().tolist()
     if empty:
-        raise UserInputError(
+        raise ValueError(
             f"sample(s) {empty} have no valid pixel: the anomaly map would be all zero and its "
             "normaliser the mean of an empty set"
         )
@@ -401,7 +400,7 @@ def score(d_map2d: Tensor | None, d_map3d: Tensor | None, d_rec2d: Tensor | None
     Maps are ``(B, H, W)`` distances (see :func:`euclid`); those the variant does not use (see
     :func:`required_maps`) may be None and are ignored. ``valid``: ``(B, H, W)`` bool, True = a
     3D point exists (the complement of the reference's ``xyz_mask``); None = all valid (RGB-only).
-    ``variant``: one of :data:`VARIANTS`. Raises :class:`UserInputError` on missing or mismatched
+    ``variant``: one of :data:`VARIANTS`. Raises :class:`ValueError` on missing or mismatched
     maps, NaN/inf values, or a sample with no valid pixel / an all-zero map.
     """
     st = score_stages(d_map2d, d_map3d, d_rec2d, d_rec3d, valid, variant, temperature=temperature,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserInputError
 
 __all__ = [
     "LOSS_MODES",
@@ -39,14 +38,14 @@ def valid_tokens(x3d: torch.Tensor) -> torch.Tensor:
 
 def _check(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, mode: str) -> None:
     if mode not in LOSS_MODES:
-        raise UserInputError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}")
+        raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}")
     if pred.dim() != 3 or pred.shape != target.shape:
-        raise UserInputError(
+        raise ValueError(
             f"loss expects prediction and target of the same (B, N, C) shape, got "
             f"{tuple(pred.shape)} and {tuple(target.shape)}"
         )
     if valid.dtype != torch.bool or valid.shape != pred.shape[:2]:
-        raise UserInputError(
+        raise ValueError(
             f"loss expects a bool valid mask of shape {tuple(pred.shape[:2])}, got "
             f"{tuple(valid.shape)} ({valid.dtype})"
         )
@@ -64,7 +63,7 @@ def row_losses(pred: torch.Tensor, target: torch.Tensor, mode: str = "cos",
         return 1.0 - sim
     if mode == "l2":
         return (pred - target).pow(2).sum(-1).sqrt()
-    raise UserInputError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}")
+    raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}")
 
 
 def masked_similarity_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,

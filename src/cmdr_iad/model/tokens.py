@@ -24,7 +24,6 @@ from typing import Protocol
 
 import torch
 
-from ..errors import UserInputError
 
 __all__ = ["TokenRows", "DenseRows", "UpsampledRows", "PackedRows", "linear_source_weights"]
 
@@ -50,7 +49,7 @@ class DenseRows:
 
     def __init__(self, fmap: torch.Tensor) -> None:
         if fmap.dim() not in (2, 3):
-            raise UserInputError(f"DenseRows needs a (C, G, G) or (C, N) map, got {tuple(fmap.shape)}")
+            raise ValueError(f"DenseRows needs a (C, G, G) or (C, N) map, got {tuple(fmap.shape)}")
         self.cn = fmap.reshape(fmap.shape[0], -1)  # (C, N)
         self.dim, self.n = self.cn.shape
         self.device = fmap.device
@@ -98,7 +97,7 @@ class UpsampledRows:
 
     def __init__(self, low: torch.Tensor, grid: int) -> None:
         if low.dim() != 3:
-            raise UserInputError(f"UpsampledRows needs a (C, h, w) map, got {tuple(low.shape)}")
+            raise ValueError(f"UpsampledRows needs a (C, h, w) map, got {tuple(low.shape)}")
         c, h, w = low.shape
         self.dim, self.grid, self.n = c, int(grid), int(grid) * int(grid)
         self.device = low.device
@@ -140,7 +139,7 @@ class PackedRows:
 
     def __init__(self, cols: torch.Tensor, support_idx: torch.Tensor, n: int) -> None:
         if cols.dim() != 2 or cols.shape[1] != support_idx.numel():
-            raise UserInputError(f"PackedRows: cols {tuple(cols.shape)} do not fit "
+            raise ValueError(f"PackedRows: cols {tuple(cols.shape)} do not fit "
                                  f"{support_idx.numel()} support tokens")
         self.cols, self.idx = cols, support_idx
         self.dim, self.n = cols.shape[0], int(n)
