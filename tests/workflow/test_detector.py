@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cmdr_iad import CMDRIAD, presets
+from cmdr_iad.calibration import threshold_from_scores
 from cmdr_iad.data.mvtec3d import MVTec3DDataset
 from cmdr_iad.data.sample import Sample
-from cmdr_iad.detector import threshold_from_scores
 from cmdr_iad.errors import ArtifactError, UserInputError
 
 
@@ -173,28 +173,30 @@ def test_bad_model_folders(fitted, tmp_path, cli):
 
 
 @pytest.mark.parametrize("branch", ["rgb+xyz", "rgb", "xyz"])
-def test_fast_heads_equal_plain_heads_in_every_branch(fitted, data, branch):
-    """The detector's exact fast path (heads on valid pixels only) scores like the plain path,
-    including the RGB branch of an RGB+3D model, which scores every pixel."""
+def test_exact_heads_equal_the_reference_path_in_every_branch(fitted, data, branch):
+    """The one inference path on its exact head path (heads on valid pixels only) scores like the
+    reference path (dense features, every head on every pixel), including the RGB branch of an
+    RGB+3D model, which scores every pixel."""
     from cmdr_iad.data.transforms import transform_sample
 
     det, _ = fitted
     ts = transform_sample(data[2][-1], det.config.features)
     rgb, xyz = ts.rgb[None], ts.xyz[None]
-    det.fast_heads = False
-    try:
-        ref = det.score_tensors(rgb, xyz, branch=branch)
-    finally:
-        det.fast_heads = True
+    ref = det.score_tensors(rgb, xyz, branch=branch, heads="reference")
     fast = det.score_tensors(rgb, xyz, branch=branch)
     torch.testing.assert_close(fast["map_grid"], ref["map_grid"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(fast["score"], ref["score"], rtol=1e-4, atol=1e-6)
+    assert set(fast["distances"]) == set(ref["distances"])
+    with pytest.raises(ValueError, match="heads must be one of"):
+        det.score_tensors(rgb, xyz, branch=branch, heads="fast")
 
 
-def test_fast_heads_calibrate_like_plain_heads(fitted, data):
-    """Per-branch thresholds do not depend on the head path (the RGB branch needs its own,
-    unmasked d_rec2d)."""
+def test_calibration_equals_thresholds_from_reference_scores(fitted, data):
+    """Per-branch thresholds from the cached features equal those computed from the reference
+    path's scores of the same samples (the RGB branch needs its own, unmasked d_rec2d)."""
     import dataclasses
+
+    from cmdr_iad.data.transforms import transform_sample
 
     det, _ = fitted
     samples = []
@@ -204,16 +206,18 @@ def test_fast_heads_calibrate_like_plain_heads(fitted, data):
         samples.append(dataclasses.replace(s, xyz=xyz))
     saved = dict(det.thresholds), dict(det.calibration)
     try:
-        det.fast_heads = False
-        plain = dict(det.calibrate(samples)["branches"])
-        det.fast_heads = True
-        fast = dict(det.calibrate(samples)["branches"])
+        got = dict(det.calibrate(samples)["branches"])
     finally:
-        det.fast_heads = True
         det.thresholds, det.calibration = saved
-    assert set(fast) == set(plain) == {"rgb+xyz", "rgb", "xyz"}
-    for b in plain:
-        assert fast[b]["threshold"] == pytest.approx(plain[b]["threshold"], rel=1e-4), b
+    assert set(got) == {"rgb+xyz", "rgb", "xyz"}
+    for b in got:
+        scores = []
+        for s in samples:
+            ts = transform_sample(s, det.config.features)
+            out = det.score_tensors(ts.rgb[None], ts.xyz[None], branch=b, heads="reference")
+            scores.append(float(out["score"][0]))
+        want, _ = threshold_from_scores(scores, [int(s.label) for s in samples])
+        assert got[b]["threshold"] == pytest.approx(want, rel=1e-4), b
 
 
 def test_fast_path_scores_a_batch_one_sample_at_a_time(fitted, data, monkeypatch):

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 __all__ = ["WindowAttention", "AttentionBlock", "Decoder2D", "Decoder3D", "reduced_length"]
 
 

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 __all__ = [
     "CHUNK_ROWS",
     "check_valid",

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 __all__ = [
     "VARIANTS",
     "MAP_NAMES",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 __all__ = [
     "LOSS_MODES",
     "valid_tokens",

@@ -24,7 +24,6 @@ from typing import Protocol
 
 import torch
 
-
 __all__ = ["TokenRows", "DenseRows", "UpsampledRows", "PackedRows", "linear_source_weights"]
 
 
