@@ -5,9 +5,9 @@ Lazy re-exports keep `import cmdr_iad.data` cheap (no torch import until needed)
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __all__ = lazy_exports(__name__, {
     "Sample": ".sample",
     "TransformedSample": ".sample",
     "collate": ".sample",
@@ -19,12 +19,4 @@ _EXPORTS = {
     "read_organized": ".pointcloud_io",
     "load_sample": ".folder",
     "generate_dataset": ".synthetic",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(name)
+})
