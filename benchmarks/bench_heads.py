@@ -4,7 +4,7 @@ For one sample with random features (F3D zero where the generated scan has no po
 valid mask is a realistic object silhouette) and random head weights, in eval mode:
 
 - each head on every pixel, the plain ``forward`` + ``fusion.euclid`` (the reference's path);
-- the same distance map from the exact fast path (``model.distances.distance_maps``);
+- the same distance map from the exact fast path (``model.distances.sample_distance_maps``);
 - parts: Decoder3D's token-axis Linear, its five transposed convolutions (col2im kernel vs
   matmuls), Decoder2D's trunk (projection + windowed attention), its convolutions and its
   ``reconstruct`` MLP;
@@ -33,11 +33,13 @@ import torch
 def measure(grid: int = 224, sample_size: int = 800, seed: int = 0) -> dict:
     from cmdr_iad.benchmark import PeakMemory, benchmark_samples, matmul_gflops
     from cmdr_iad.data.transforms import xyz_to_tensor
+    from cmdr_iad.model import rows as row_paths
     from cmdr_iad.model.decoders import Decoder2D, Decoder3D
-    from cmdr_iad.model.distances import distance_maps
+    from cmdr_iad.model.distances import sample_distance_maps
     from cmdr_iad.model.fast import conv_transpose1d_k4s2p1_cl
     from cmdr_iad.model.fusion import euclid, score
     from cmdr_iad.model.mapping import CrossModalMLP
+    from cmdr_iad.model.tokens import DenseRows
 
     torch.manual_seed(seed)
     s = benchmark_samples(1, size=sample_size, seed=seed)[0]
@@ -71,15 +73,16 @@ def measure(grid: int = 224, sample_size: int = 800, seed: int = 0) -> dict:
         ref, t_plain, m_plain = timed(lambda name=name, src=src, dst=dst: euclid(heads[name](src), dst))
         ref = ref.view(1, grid, grid) * valid
         if key == "d_map2d":  # the two mapping maps share their inputs: time them together
-            both, t_fast, m_fast = timed(lambda: distance_maps(
-                {k: heads[k] for k in ("map2Dto3D", "map3Dto2D")}, f2d, f3d, valid))
+            both, t_fast, m_fast = timed(lambda: sample_distance_maps(
+                {k: heads[k] for k in ("map2Dto3D", "map3Dto2D")}, DenseRows(f2d[0]),
+                DenseRows(f3d[0]), valid[0]))
             got = both["d_map2d"]
             maps["d_map3d_fast"] = both["d_map3d"]
         elif key == "d_map3d":
             got, t_fast, m_fast = maps.pop("d_map3d_fast"), 0.0, 0.0
         else:
-            got, t_fast, m_fast = timed(lambda g=fast_groups[key], key=key: distance_maps(
-                {k: heads[k] for k in g}, f2d, f3d, valid)[key])
+            got, t_fast, m_fast = timed(lambda g=fast_groups[key], key=key: sample_distance_maps(
+                {k: heads[k] for k in g}, DenseRows(f2d[0]), DenseRows(f3d[0]), valid[0])[key])
         maps[key] = got
         out["maps"][key] = {"head": name, "plain_s": t_plain, "fast_s": t_fast,
                             "plain_peak_mb": m_plain, "fast_peak_mb": m_fast,
@@ -88,7 +91,7 @@ def measure(grid: int = 224, sample_size: int = 800, seed: int = 0) -> dict:
     d3 = heads["Dec3D"]
     _, t, _ = timed(lambda: d3.projection[0](t3.transpose(1, 2)))
     out["parts"]["Dec3D token Linear, every token"] = t
-    _, t, _ = timed(lambda: d3._token_linear(t3))
+    _, t, _ = timed(lambda: row_paths._token_linear(d3, t3))
     out["parts"]["Dec3D token Linear, zero tokens skipped"] = t
     with torch.no_grad():
         z = d3.projection(t3.transpose(1, 2))

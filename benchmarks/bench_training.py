@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         valid_fraction,
     )
     from cmdr_iad.data.transforms import transform_sample
-    from cmdr_iad.detector import build_heads, sample_key
     from cmdr_iad.features.cache import FeatureCache
     from cmdr_iad.features.extractor import FeatureExtractor
+    from cmdr_iad.features.store import sample_key
     from cmdr_iad.model.distances import masked_head_loss
+    from cmdr_iad.model.heads import build_heads
     from cmdr_iad.model.losses import masked_similarity_loss
     from cmdr_iad.training import TASKS, make_optimizer
 
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ts = [transform_sample(s, cfg.features) for s in data]
     ext = FeatureExtractor(cfg.features, "rgb+xyz", random_backbones=True)
     torch.manual_seed(cfg.train.seed)
-    heads0 = build_heads(cfg)
+    h = cfg.heads
+    heads0 = build_heads(cfg.modality, cfg.features.grid_size, h.dim2d, h.dim3d, h.num_heads,
+                         h.window_size)
     mem = PeakMemory("cpu")
 
     def tokens(f: torch.Tensor) -> torch.Tensor:

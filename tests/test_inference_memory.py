@@ -111,5 +111,5 @@ def test_paper_size_prediction_never_allocates_a_dense_feature_map(monkeypatch):
     assert len(res) == 1 and len(packed) == 1
     g = cfg.features.grid_size
     dense_f2d, dense_f3d = cfg.heads.dim2d * g * g * 4, cfg.heads.dim3d * g * g * 4
-    assert packed[0] < dense_f2d  # the generated sample is sparse enough for the check to bite
+    assert packed[0] < min(dense_f2d, dense_f3d)  # sparse enough a sample for the check to bite
     assert rec.largest <= packed[0], (rec.largest, rec.what, packed[0])
