@@ -12,9 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 SUBSTITUTIONS = [
     ('CMDRIAD(presets.paper("rgb+xyz"))',
@@ -63,12 +61,3 @@ def test_readme_pieces_import():
     from cmdr_iad.features import FeatureCache, FeatureExtractor  # noqa: F401
     from cmdr_iad.model import CrossModalMLP, Decoder2D, Decoder3D  # noqa: F401
 
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    from cmdr_iad.data.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("readme-synth")
-    generate_dataset(root, categories=("puck",), n_train=4, n_val=2, n_test_good=2,
-                     n_test_defect=1, size=(64, 64), seed=0)
-    return root
