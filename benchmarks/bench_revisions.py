@@ -27,7 +27,8 @@ def run_once(tree: Path, args: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         env = dict(os.environ, PYTHONPATH=str(tree.resolve() / "src"))
-        cmd = [sys.executable, "-m", "cmdr_iad.cli", "benchmark", *args, "--json", str(out)]
+        cmd = [sys.executable, "-c", "import sys; from cmdr_iad.cli import main; sys.exit(main())",
+               "benchmark", *args, "--json", str(out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{tree}: benchmark failed (exit {proc.returncode}): "
