@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("base", type=Path, help="source tree of the baseline (has src/cmdr_iad)")
     ap.add_argument("new", type=Path, help="source tree of the new revision")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then `cmdr-iad benchmark` options")
-    a = ap.parse_args(argv)
-    bench_args = [x for x in a.bench_args if x != "--"]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    a = ap.parse_args(argv[:cut])
+    bench_args = argv[cut + 1:]  # after "--": the `cmdr-iad benchmark` options
     times: dict[str, list[float]] = {"base": [], "new": []}
     for r in range(a.rounds):
         order = [("base", a.base), ("new", a.new)]
