@@ -19,7 +19,7 @@ import torch
 
 from .config import DetectorConfig
 from .device import resolve_device
-from .errors import ArtifactError, UserInputError, WeightsError
+from .errors import ArtifactError, ConfigError, UserInputError, WeightsError
 from .inference import (
     BRANCHES,
     BranchChoice,
@@ -55,11 +55,19 @@ class CMDRIAD:
         self.backbone_seed = int(backbone_seed)
         self._extractor = extractor
         self._path: InferencePath | None = None
+        from .model.fusion import VARIANTS
+
+        if self.config.score.variant not in VARIANTS:
+            raise ConfigError(f"unknown fusion variant {self.config.score.variant!r}; use one of "
+                              f"{', '.join(VARIANTS)}")
         h = self.config.heads
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.train.seed)
-            self.heads = build_heads(self.modality, self.grid, h.dim2d, h.dim3d, h.num_heads,
-                                     h.window_size)
+            try:
+                self.heads = build_heads(self.modality, self.grid, h.dim2d, h.dim3d, h.num_heads,
+                                         h.window_size)
+            except ValueError as e:  # the networks' own checks: a config that cannot build
+                raise ConfigError(f"the heads config does not build: {e}") from e
         self.heads.to(self.device).eval()
         self.thresholds: dict[str, float] = {}
         self.calibration: dict[str, Any] = {}

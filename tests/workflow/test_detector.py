@@ -249,3 +249,14 @@ def test_fast_path_scores_a_batch_one_sample_at_a_time(fitted, data, monkeypatch
         torch.testing.assert_close(both["map_grid"][i], one["map_grid"][0], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(both["score"][i], one["score"][0], rtol=1e-5, atol=1e-7)
         assert torch.equal(both["valid"][i], one["valid"][0])
+
+
+@pytest.mark.parametrize("change,msg", [({"heads": {"dim2d": 7}}, "heads config does not build"),
+                                        ({"score": {"variant": "nope"}}, "unknown fusion variant")])
+def test_a_config_that_cannot_build_is_a_config_error(change, msg):
+    """The networks raise ValueError (they import nothing of ours); the detector, the API
+    boundary, turns a config that cannot build into the user-facing ConfigError (exit 2)."""
+    from cmdr_iad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=msg):
+        CMDRIAD(presets.tiny("rgb+xyz").replace(**change), random_backbones=True, device="cpu")
