@@ -102,3 +102,13 @@ def resolve_device(name: str):
     from ..device import resolve_device as _resolve
 
     return _resolve(name)
+
+
+def failure_summary(failed: list[tuple[object, str]], what: str, done: str, shown: int = 3) -> str:
+    """One error line for a batch verb: how many `what` failed, the first `shown` reasons (each
+    names its file), and where the rest are listed (printed on stdout by the caller)."""
+    n = len(failed)
+    items = [reason if Path(str(key)).name in reason else f"{key}: {reason}"
+             for key, reason in failed[:shown]]
+    more = f"; and {n - shown} more, listed on stdout" if n > shown else ""
+    return f"{n} {what} could not be {done}: {'; '.join(items)}{more} (the others are done)"

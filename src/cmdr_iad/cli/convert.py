@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DatasetError
-from .common import add_positional_out, add_quiet, output_path, require_writable
+from .common import add_positional_out, add_quiet, failure_summary, output_path, require_writable
 
 
 def register(subparsers) -> None:
@@ -49,10 +49,8 @@ def run_eyecandies(args: argparse.Namespace) -> int:
         print(f"converted {len(report.converted)}, skipped {len(report.skipped)} (already done), "
               f"failed {len(report.failed)}")
     if report.failed:
-        if len(report.failed) > 1:  # the list goes to stdout; stderr keeps one line
+        if len(report.failed) > 3:  # the full list goes to stdout; stderr keeps one line
             for key, reason in report.failed:
                 print(f"failed: {key}: {reason}")
-        key, reason = report.failed[0]
-        more = f" and {len(report.failed) - 1} more sample(s), listed above" if len(report.failed) > 1 else ""
-        raise DatasetError(f"{key}: {reason} (not converted{more}; the other samples are done)")
+        raise DatasetError(failure_summary(report.failed, "sample(s)", "converted"))
     return 0

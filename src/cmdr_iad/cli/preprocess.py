@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CmdrIadError, DatasetError
-from .common import add_positional_out, add_quiet, output_path, require_writable
+from .common import add_positional_out, add_quiet, failure_summary, output_path, require_writable
 
 EPILOG = """\
 resuming: preprocess keeps no work list; it knows what is done from the output itself.
@@ -29,8 +29,8 @@ def register(subparsers) -> None:
             "(eps 6 mm, 30 points), zero-padded to a square) and write it to DST, mirroring SRC "
             "and copying every other file (rgb, gt) unchanged. SRC is never modified unless "
             "--in-place is given. Rerunning skips finished files, so an interrupted run resumes. "
-            "Bad files are listed on stdout after the others are done, with one error line "
-            "naming the first (exit status 2)."),
+            "Bad files are reported after the others are done: one error line naming the first "
+            "three (more are listed on stdout), exit status 2."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="dataset root in the MVTec 3D-AD layout")
@@ -61,13 +61,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"processed {len(report.processed)}, copied {len(report.copied)}, "
               f"skipped {len(report.skipped)} (already done), failed {len(report.failed)}")
     if report.failed:
-        if len(report.failed) > 1:  # the list goes to stdout; stderr keeps one line
+        if len(report.failed) > 3:  # the full list goes to stdout; stderr keeps one line
             for rel, reason in report.failed:
                 print(f"failed: {rel}: {reason}")
-        rel, reason = report.failed[0]
-        more = f" and {len(report.failed) - 1} more file(s), listed above" if len(report.failed) > 1 else ""
-        text = reason if Path(rel).name in reason else f"{rel}: {reason}"  # reasons name the file
-        msg = f"{text} (not preprocessed{more}; the other files are done)"
+        msg = failure_summary(report.failed, "file(s)", "preprocessed")
         if report.internal_errors:
             raise CmdrIadError(msg)  # exit 1: not (only) bad input
         raise DatasetError(msg)  # exit 2
