@@ -48,6 +48,14 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def bars_enabled(args: argparse.Namespace) -> bool:
+    """Progress bars only for a terminal: a finished bar stays on stderr, and piped stderr must
+    hold nothing but the one error line when the input turns out to be bad."""
+    import sys
+
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
 def add_units(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", default="m", choices=UNITS,
                    help="unit of the xyz coordinates in the files (default m; mm is converted)")

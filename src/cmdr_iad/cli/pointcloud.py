@@ -10,6 +10,7 @@ from .common import (
     add_device,
     add_positional_out,
     add_quiet,
+    bars_enabled,
     output_path,
     require_writable,
     resolve_device,
@@ -170,7 +171,7 @@ def run_build(args: argparse.Namespace) -> int:
     cfg = BuildConfig(detector=args.detector, chunk_size=args.chunk_size, level=args.level,
                       contamination=args.contamination, tau=args.tau, seed=args.seed).validate()
     out_dir = require_writable(output_path(args, "out_dir", "OUT_DIR"), "build folder")
-    with progress(None, "scans", enabled=not args.quiet) as bar:
+    with progress(None, "scans", enabled=bars_enabled(args)) as bar:
         def on_scan(i: int, total: int, name: str) -> None:
             bar.update(total=total, completed=i, description=f"scan {name}")
 

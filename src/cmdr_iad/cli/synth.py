@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserInputError
-from .common import add_positional_out, add_quiet, output_path, require_writable
+from .common import add_positional_out, add_quiet, bars_enabled, output_path, require_writable
 
 
 def register(subparsers) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
               n_test_defect=args.test_defect, size=(h, w), seed=args.seed)
     from ..progress import progress
 
-    with progress(None, "synth", enabled=not args.quiet) as bar:
+    with progress(None, "synth", enabled=bars_enabled(args)) as bar:
         generate_dataset(out, on_sample=lambda done, total: bar.update(completed=done, total=total), **kw)
     if not args.quiet:
         print(f"wrote {len(cats)} categories ({', '.join(cats)}) to {out}")
