@@ -265,3 +265,27 @@ def test_catalogue_covers_every_verb_that_writes():
 
     covered = {v.split()[0] for v in VERBS_THAT_WRITE}
     assert {m.replace("_", "-") for m in VERB_MODULES} == covered
+
+
+@pytest.mark.parametrize("verb", ["train", "import-official"])
+def test_model_out_that_is_a_foreign_folder(cli, bad_input, data, stub_model, tmp_path, no_work, verb):
+    """Saving refuses to replace a non-empty folder that is not a model: said before the run."""
+    work = tmp_path / "work"
+    for sub in ("heads", "scans", "eyecandies"):
+        (work / sub).mkdir(parents=True)
+    foreign = work / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"jpeg")
+    argv = _verbs(data, stub_model, work, foreign)[verb]
+    bad_input(argv, names=foreign, watch=[data, work])
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "predict", "import-official"])
+def test_missing_explicit_weight_file(cli, bad_input, data, stub_model, tmp_path, no_work, verb):
+    work = tmp_path / "work"
+    for sub in ("heads", "scans", "eyecandies"):
+        (work / sub).mkdir(parents=True)
+    missing = work / "dino.safetensors"
+    argv = _verbs(data, stub_model, work, work / "out")[verb]
+    argv = [a for a in argv if a != "--random-backbones"]
+    bad_input([*argv, "--dino-weights", missing], names=missing, watch=[data, work, stub_model])

@@ -65,6 +65,26 @@ def require_path(p: str | None, what: str) -> Path | None:
     return path
 
 
+def require_model_out(path: str | Path) -> Path:
+    """The model folder to write: writable, and not a foreign non-empty folder (which saving
+    would refuse only after the whole run)."""
+    from ..artifact import META_FILE
+
+    out = require_writable(path, "model folder")
+    if out.is_dir() and not (out / META_FILE).exists() and any(out.iterdir()):
+        raise UserInputError(f"{out}: refusing to overwrite a folder that is not a cmdr-iad model "
+                             "folder; choose a new or empty --out")
+    return out
+
+
+def require_weight_files(args) -> None:
+    """Explicit --dino-weights / --point-mae-weights files must exist (checked before any work)."""
+    for opt, what in (("dino_weights", "DINO weights file"), ("point_mae_weights", "Point-MAE weights file")):
+        value = getattr(args, opt, None)
+        if value is not None and not Path(value).is_file():
+            raise UserInputError(f"{what} not found: {value}")
+
+
 def find_models(root: Path) -> list[Path]:
     """A model folder itself, or the model folders below it (two levels at most), sorted."""
     from ..artifact import META_FILE

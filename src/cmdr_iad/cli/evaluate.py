@@ -102,10 +102,19 @@ def write_all(out: Path, evals, title: str, notices=()) -> None:
 
 
 def run(args) -> int:
-    from ._workflow import RANDOM_NOTICE, find_models, loud, require_path, say, staged_outputs
+    from ._workflow import (
+        RANDOM_NOTICE,
+        find_models,
+        loud,
+        require_path,
+        require_weight_files,
+        say,
+        staged_outputs,
+    )
     from .common import require_writable
 
     resolve_device(args.device)
+    require_weight_files(args)
     models = find_models(Path(args.model_dir))
     root = require_path(args.data_root, "dataset root")
     out = require_writable(args.out, "report folder")

@@ -44,12 +44,19 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..official import import_official
-    from ._workflow import RANDOM_NOTICE, loud, require_path, say
-    from .common import require_writable
+    from ._workflow import (
+        RANDOM_NOTICE,
+        loud,
+        require_model_out,
+        require_path,
+        require_weight_files,
+        say,
+    )
 
     device = resolve_device(args.device)
     heads_dir = require_path(args.heads_dir, "checkpoint folder")
-    out = require_writable(args.out, "model folder")
+    out = require_model_out(args.out)
+    require_weight_files(args)
     ds = None
     if args.calibrate:
         from ..data.mvtec3d import MVTec3DDataset

@@ -138,10 +138,18 @@ def run(args) -> int:
     from ..artifact import read_metadata
     from ..data.folder import load_sample
     from ..errors import UserInputError
-    from ._workflow import RANDOM_NOTICE, load_detector, loud, say, staged_outputs
+    from ._workflow import (
+        RANDOM_NOTICE,
+        load_detector,
+        loud,
+        require_weight_files,
+        say,
+        staged_outputs,
+    )
     from .common import require_writable
 
     resolve_device(args.device)
+    require_weight_files(args)
     model_dir = Path(args.model_dir)
     read_metadata(model_dir)  # a missing or unreadable model folder fails before any file is read
     inputs = collect_inputs(args)

@@ -116,12 +116,20 @@ def run(args) -> int:
     from ..data.mvtec3d import MVTec3DDataset
     from ..data.validate import check_split
     from ..detector import CMDRIAD
-    from ._workflow import RANDOM_NOTICE, loud, require_path, say
+    from ._workflow import (
+        RANDOM_NOTICE,
+        loud,
+        require_model_out,
+        require_path,
+        require_weight_files,
+        say,
+    )
     from .common import require_writable
 
     device = resolve_device(args.device)
     root = require_path(args.data_root, "dataset root")
-    out = require_writable(args.out, "model folder")
+    out = require_model_out(args.out)
+    require_weight_files(args)
     cache_dir = None
     if args.cache_dir:
         cache_dir = require_writable(args.cache_dir, "feature cache folder")
