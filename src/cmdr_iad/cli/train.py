@@ -115,7 +115,6 @@ def resolve_config(args: argparse.Namespace):
 def run(args) -> int:
     from ..data.mvtec3d import MVTec3DDataset
     from ..data.validate import check_split
-    from ..detector import CMDRIAD
     from ._workflow import (
         RANDOM_NOTICE,
         loud,
@@ -149,6 +148,8 @@ def run(args) -> int:
         from ..features.weights import download_dir
 
         cache_dir = download_dir() / "features"
+    from ..detector import CMDRIAD  # heavy (timm, the networks): imported once the input is known good
+
     if args.random_backbones:
         loud(RANDOM_NOTICE)
     det = CMDRIAD(cfg, dino_weights=args.dino_weights, point_mae_weights=args.point_mae_weights,
