@@ -148,9 +148,8 @@ def run(args) -> int:
         from ..features.weights import download_dir
 
         cache_dir = download_dir() / "features"
-    from ..detector import (
-        CMDRIAD,  # heavy (timm, the networks): imported once the input is known good
-    )
+    # heavy (timm, the networks): imported once the input is known good
+    from ..detector import CMDRIAD
 
     if args.random_backbones:
         loud(RANDOM_NOTICE)
