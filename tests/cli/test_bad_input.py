@@ -289,3 +289,14 @@ def test_missing_explicit_weight_file(cli, bad_input, data, stub_model, tmp_path
     argv = _verbs(data, stub_model, work, work / "out")[verb]
     argv = [a for a in argv if a != "--random-backbones"]
     bad_input([*argv, "--dino-weights", missing], names=missing, watch=[data, work, stub_model])
+
+
+@pytest.mark.parametrize("verb", ["pointcloud train", "pointcloud evaluate", "pointcloud predict",
+                                  "pointcloud table8"])
+def test_pointcloud_missing_point_mae_weights(cli, bad_input, data, stub_model, tmp_path, no_work, verb):
+    work = tmp_path / "work"
+    for sub in ("heads", "scans", "eyecandies"):
+        (work / sub).mkdir(parents=True)
+    missing = work / "pretrain.pth"
+    argv = [a for a in _verbs(data, stub_model, work, work / "out")[verb] if a != "--random-backbones"]
+    bad_input([*argv, "--point-mae-weights", missing], names=missing, watch=[data, work, stub_model])

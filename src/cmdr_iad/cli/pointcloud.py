@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._workflow import require_weight_files
 from .common import (
     BN_MODES,
     add_alias,
@@ -191,6 +192,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..pointcloud.train import train_scan_model
 
     device = resolve_device(args.device)
+    require_weight_files(args)
     out = require_writable(args.out, "model folder")
     if args.cache_dir is not None:
         require_writable(args.cache_dir, "feature cache folder")
@@ -214,6 +216,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..pointcloud.evaluate import evaluate_scan_model
 
     device = resolve_device(args.device)
+    require_weight_files(args)
     out = require_writable(args.out, "report folder")
     evaluate_scan_model(args.model_dir, args.build_dir, out, device=device,
                         batch_size=args.batch_size, point_mae_weights=args.point_mae_weights,
@@ -226,6 +229,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..pointcloud.predict import predict_scan
 
     device = resolve_device(args.device)
+    require_weight_files(args)
     out = require_writable(args.out, "output folder")
     predict_scan(args.model_dir, args.scan_file, out, device=device,
                  batch_size=args.batch_size, point_mae_weights=args.point_mae_weights, log=_log(args))
@@ -237,6 +241,7 @@ def run_table8(args: argparse.Namespace) -> int:
     from ..pointcloud.table8 import run_table8 as run
 
     device = resolve_device(args.device)
+    require_weight_files(args)
     work_dir = require_writable(output_path(args, "work_dir", "WORK_DIR"), "work folder")
     if args.cache_dir is not None:
         require_writable(args.cache_dir, "feature cache folder")
