@@ -119,8 +119,22 @@ def no_work(monkeypatch):
     its inputs are validated then exits 1 (internal error) instead of 2."""
     import importlib
 
+    _import_everything()
+
     def forbidden(*args, **kwargs):
         raise AssertionError("expensive work started before the input was validated")
 
     for mod, attr in EXPENSIVE:
         monkeypatch.setattr(importlib.import_module(mod), attr, forbidden)
+
+
+def _import_everything() -> None:
+    """Import every cmdr_iad module before patching, so that no module imported for the first
+    time during a patched test binds a stand-in with `from x import y` for the whole session."""
+    import importlib
+    import pkgutil
+
+    import cmdr_iad
+
+    for info in pkgutil.walk_packages(cmdr_iad.__path__, "cmdr_iad."):
+        importlib.import_module(info.name)
