@@ -113,13 +113,17 @@ EXPENSIVE = [  # (module, attribute): the work that must not start on bad input
 ]
 
 
+@pytest.fixture(scope="session")
+def all_imported() -> None:
+    """Every cmdr_iad module imported (request it before monkeypatching library names)."""
+    _import_everything()
+
+
 @pytest.fixture
-def no_work(monkeypatch):
+def no_work(monkeypatch, all_imported):
     """Replace every expensive entry point by one that raises: a verb that starts real work before
     its inputs are validated then exits 1 (internal error) instead of 2."""
     import importlib
-
-    _import_everything()
 
     def forbidden(*args, **kwargs):
         raise AssertionError("expensive work started before the input was validated")

@@ -56,7 +56,7 @@ class _Stop(Exception):
 
 
 @pytest.fixture
-def fake_detector(monkeypatch):
+def fake_detector(monkeypatch, all_imported):
     """CMDRIAD replaced by a recorder whose `fit` stops the run (no backbones are built)."""
     import cmdr_iad.detector as detector
 
