@@ -32,3 +32,22 @@ def test_unknown_verb_is_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], ["train", "--nope"], ["synth", "x", "--size", "a", "b"],
+                                  ["pointcloud", "build", "s", "o", "--detector", "svm"]])
+def test_usage_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert len(err.splitlines()) == 1 and "error:" in err and "--help" in err, err
+
+
+def test_no_deprecated_spelling_in_any_help(capsys):
+    """Hidden aliases stay hidden: no verb's --help shows an old spelling."""
+    for verb in VERBS:
+        with pytest.raises(SystemExit):
+            main([*verb.split(), "--help"])
+        text = capsys.readouterr().out
+        assert "--feature-cache" not in text and "--bn " not in text and "--bn\n" not in text, verb

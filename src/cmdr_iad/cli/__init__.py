@@ -3,6 +3,7 @@
 Thin: every verb lives in its own module of this package with a `register(subparsers)` function
 that adds its parser and sets `func` (called with the parsed namespace, returns an exit code).
 Exit status: 0 success, 2 bad input (one line on stderr), 1 internal failure.
+Old option spellings are hidden aliases (`common.DeprecatedAlias`): a one-line note on stdout.
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ VERB_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2): the bad-input contract holds for bad options
+    too. Subparsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cmdr-iad",
         description="CMDR-IAD industrial anomaly detection on RGB images and 3D point clouds.",
     )
@@ -57,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    for note in getattr(args, "deprecations", None) or ():
+        print(note)
     try:
         rc = args.func(args)
         return int(rc or 0)

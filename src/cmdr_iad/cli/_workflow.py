@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..fileio import TMP_PREFIX, staging_folder
+from .common import require_writable
 
 RANDOM_NOTICE = ("RANDOM BACKBONES: the DINO / Point-MAE encoders are randomly initialised, not "
                  "pretrained. Scores and metrics are meaningless for real inspection; use this "
@@ -18,7 +20,8 @@ RANDOM_NOTICE = ("RANDOM BACKBONES: the DINO / Point-MAE encoders are randomly i
 
 
 def loud(msg: str) -> None:
-    """A notice that must not be missed (stderr, framed)."""
+    """A notice that must not be missed (stderr, framed). Call it only after the inputs were
+    validated, so that a bad-input error stays the only line on stderr."""
     bar = "!" * min(100, len(msg) + 4)
     print(f"{bar}\n! {msg}\n{bar}", file=sys.stderr)
 
@@ -28,35 +31,27 @@ def say(args, msg: str) -> None:
         print(msg)
 
 
-def check_writable_dir(path: Path, what: str = "output folder") -> None:
-    """Create `path` if needed and check that files can be written into it (else exit 2)."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise UserInputError(f"cannot write to the {what} {path}: {e.strerror or e}") from e
-
-
-def check_writable_parent(path: Path, what: str = "model folder") -> None:
-    """Check that `path` can be created (its parent is writable) before long work starts."""
-    parent = path.parent if str(path.parent) else Path(".")
-    check_writable_dir(parent, f"parent folder of the {what}")
-    if path.exists() and not path.is_dir():
-        raise UserInputError(f"{path} exists and is not a folder")
-
-
 @contextmanager
 def staged_outputs(out: Path) -> Iterator[Path]:
-    """Write into a hidden staging folder inside `out`; move the files into `out` on success,
-    delete them all on failure (no partial outputs)."""
-    check_writable_dir(out)
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    """Yield an empty staging folder; on success its files appear in `out`, on failure nothing does.
+
+    A new `out` is built beside its place and renamed in (`fileio.staging_folder`); into an
+    existing `out` the files are moved one by one from a hidden staging folder inside it.
+    Writability is checked first (exit 2, nothing created).
+    """
+    require_writable(out, "output folder")
+    if not out.exists():
+        with staging_folder(out) as stage:
+            yield stage
+        return
+    stage = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stage-", dir=out))
     try:
         yield stage
         for f in sorted(stage.iterdir()):
-            os.replace(f, out / f.name)
+            target = out / f.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(f, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -68,6 +63,26 @@ def require_path(p: str | None, what: str) -> Path | None:
     if not path.exists():
         raise UserInputError(f"{what} not found: {path}")
     return path
+
+
+def require_model_out(path: str | Path) -> Path:
+    """The model folder to write: writable, and not a foreign non-empty folder (which saving
+    would refuse only after the whole run)."""
+    from ..artifact import META_FILE
+
+    out = require_writable(path, "model folder")
+    if out.is_dir() and not (out / META_FILE).exists() and any(out.iterdir()):
+        raise UserInputError(f"{out}: refusing to overwrite a folder that is not a cmdr-iad model "
+                             "folder; choose a new or empty --out")
+    return out
+
+
+def require_weight_files(args) -> None:
+    """Explicit --dino-weights / --point-mae-weights files must exist (checked before any work)."""
+    for opt, what in (("dino_weights", "DINO weights file"), ("point_mae_weights", "Point-MAE weights file")):
+        value = getattr(args, opt, None)
+        if value is not None and not Path(value).is_file():
+            raise UserInputError(f"{what} not found: {value}")
 
 
 def find_models(root: Path) -> list[Path]:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from pathlib import Path
 
 from ..errors import UserInputError
-from .common import add_device, add_weights
+from .common import add_device, add_weights, require_writable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="side of the generated raw samples in pixels (default 800, as MVTec 3D-AD)")
     p.add_argument("--in-process", action="store_true",
                    help="measure in this process (peak memory then includes what ran before)")
-    p.add_argument("--json", metavar="OUT", default=None, help="write the results as JSON")
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help="also write the results as JSON to FILE ('-' = stdout)")
     add_device(p)
     add_weights(p)
     p.set_defaults(func=main)
@@ -57,6 +55,10 @@ def main(args: argparse.Namespace) -> int:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise UserInputError(f"--threads must be >= 1, got {args.threads}")
+    out = None
+    if args.json not in (None, "-"):  # checked before any of the (long) work
+        out = require_writable(args.json, "JSON file", folder=False)
+    device = str(resolve_device(args.device))
     if not args.random_backbones and not (args.dino_weights or args.point_mae_weights):
         from ..features.weights import DINO, POINT_MAE, find_weights
 
@@ -69,12 +71,6 @@ def main(args: argparse.Namespace) -> int:
             raise UserInputError("pretrained backbone weights were not found; pass --random-backbones "
                                  "(timing and memory do not depend on the weight values) or the "
                                  "weight files")
-    out = None
-    if args.json:
-        out = Path(args.json)
-        if out.parent and not out.parent.exists():
-            raise UserInputError(f"output folder does not exist: {out.parent}")
-    device = str(resolve_device(args.device))
     modes = ("reference", "fast") if args.heads == "both" else (args.heads,)
     results = []
     for heads in modes:
@@ -101,15 +97,14 @@ def main(args: argparse.Namespace) -> int:
               f"peak memory {ref.peak_memory_mb:.0f} → {fast.peak_memory_mb:.0f} MB")
     if results[0].random_backbones:
         print("note: random backbone weights (timing and memory do not depend on the values)")
-    if out is not None:
+    if args.json is not None:
         payload = [r.to_dict() for r in results]
-        fd, tmp = tempfile.mkstemp(dir=out.parent or ".", prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(payload[0] if len(payload) == 1 else payload, f, indent=2)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        print(f"wrote {out}")
+        record = payload[0] if len(payload) == 1 else payload
+        if out is None:
+            print(json.dumps(record, indent=2))
+        else:
+            from ..fileio import write_json_atomic
+
+            write_json_atomic(out, record, sort_keys=False)
+            print(f"wrote {out}")
     return 0

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import DatasetError
-from .common import add_quiet
+from .common import add_positional_out, add_quiet, failure_summary, output_path, require_writable
 
 
 def register(subparsers) -> None:
@@ -26,7 +25,7 @@ def register(subparsers) -> None:
             "the others are done (exit status 2). Run `cmdr-iad preprocess` afterwards to remove "
             "the conveyor plane as for MVTec 3D-AD."))
     e.add_argument("src", metavar="SRC", help="Eyecandies root (or one category folder)")
-    e.add_argument("dst", metavar="DST", help="output root (MVTec 3D-AD layout)")
+    add_positional_out(e, "dst", "DST", "output root (MVTec 3D-AD layout)")
     e.add_argument("--category", action="append", default=None, metavar="NAME",
                    help="convert only this category (repeatable; case- and space-insensitive)")
     e.add_argument("--light", type=int, default=4, choices=range(6), metavar="{0..5}",
@@ -42,14 +41,16 @@ def register(subparsers) -> None:
 def run_eyecandies(args: argparse.Namespace) -> int:
     from ..data.eyecandies import convert_eyecandies
 
-    report = convert_eyecandies(args.src, args.dst, categories=args.category, light=args.light,
+    dst = output_path(args, "dst", "DST")
+    require_writable(dst, "output root")
+    report = convert_eyecandies(args.src, dst, categories=args.category, light=args.light,
                                 frame=args.frame, scale=args.scale, progress=not args.quiet)
     if not args.quiet:
         print(f"converted {len(report.converted)}, skipped {len(report.skipped)} (already done), "
               f"failed {len(report.failed)}")
-    for key, reason in report.failed:
-        print(f"cmdr-iad: failed: {key}: {reason}", file=sys.stderr)
     if report.failed:
-        raise DatasetError(f"{len(report.failed)} sample(s) could not be converted "
-                           f"(first: {report.failed[0][0]}); the other samples are done")
+        if len(report.failed) > 3:  # the full list goes to stdout; stderr keeps one line
+            for key, reason in report.failed:
+                print(f"failed: {key}: {reason}")
+        raise DatasetError(failure_summary(report.failed, "sample(s)", "converted"))
     return 0

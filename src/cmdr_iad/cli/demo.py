@@ -7,9 +7,7 @@ the report. Sized to finish in a few minutes on 2 CPU cores.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 from .common import add_device, add_quiet
 
@@ -53,13 +51,14 @@ def run(args) -> int:
     from ..data.synthetic import generate_dataset
     from ..detector import CMDRIAD
     from ..evaluation import evaluate_detector, paper_tables, write_reports
+    from ..fileio import write_json_atomic
     from ..report import build_html, write_html
-    from ._workflow import RANDOM_NOTICE, check_writable_dir, loud, say
-    from .common import resolve_device
+    from ._workflow import RANDOM_NOTICE, loud, say
+    from .common import require_writable, resolve_device
 
     t0 = time.perf_counter()
-    out = Path(args.out)
-    check_writable_dir(out, "demo folder")
+    device = resolve_device(args.device)
+    out = require_writable(args.out, "demo folder")
     have, dino, pmae = _pretrained_available()
     random = args.random_backbones or not have
     if random:
@@ -77,7 +76,7 @@ def run(args) -> int:
     say(args, f"[2/4] training ({cfg.preset} preset, {cfg.modality}, {cfg.train.epochs} epochs, "
               f"{len(train)} samples)")
     det = CMDRIAD(cfg, dino_weights=dino, point_mae_weights=pmae, random_backbones=random,
-                  device=resolve_device(args.device))
+                  device=device)
     det.fit(train, val, cache_dir=out / "feature-cache", progress=not args.quiet)
     det.info.update({"category": args.category, "data_root": str(data.resolve()), "demo": True})
     det.save(out / "model")
@@ -100,8 +99,7 @@ def run(args) -> int:
     say(args, f"[4/4] I-AUROC {fmt(m['i_auroc'])}  P-AUROC {fmt(m['p_auroc'])}  AUPRO@30 "
               f"{fmt(m['aupro_30'])}  AUPRO@1 {fmt(m['aupro_1'])}  ({elapsed:.0f} s)")
     print(f"report: {html_path.resolve()}")
-    (report_dir / "demo.json").write_text(json.dumps({"seconds": elapsed, "random_backbones": random},
-                                                     indent=2))
+    write_json_atomic(report_dir / "demo.json", {"seconds": elapsed, "random_backbones": random})
     if random:
         loud(RANDOM_NOTICE)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_device, add_quiet
+from .common import add_device, add_quiet, add_units, resolve_device
 
 
 def register(subparsers) -> None:
@@ -30,35 +30,53 @@ def register(subparsers) -> None:
                    help="DINO weights (default: the file the model was trained with)")
     p.add_argument("--point-mae-weights", metavar="FILE", default=None,
                    help="Point-MAE weights (default: the file the model was trained with)")
+    add_units(p)
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=run)
 
 
-def evaluate_models(model_paths, data_root: Path, args) -> list:
+def plan_models(model_paths, data_root: Path, args) -> list:
+    """(model path, category, dataset) per model, from model.json alone (no weights loaded); the
+    option checks and the pre-flight read of every test file happen here."""
+    from ..artifact import read_metadata
     from ..data.mvtec3d import MVTec3DDataset
+    from ..data.validate import check_split
     from ..errors import UserInputError
-    from ..evaluation import evaluate_detector
-    from ._workflow import load_detector, say
 
-    evals = []
+    plans = []
     for mp in model_paths:
-        det = load_detector(mp, args)
+        meta = read_metadata(mp)
+        modality = meta.get("modality", "rgb+xyz")
         if args.variant:
             from ..model.fusion import VARIANTS
 
             if args.variant not in VARIANTS or args.variant in ("rgb_only", "xyz_only"):
                 raise UserInputError(f"unknown --variant {args.variant!r}; choose one of "
                                      f"{', '.join(v for v in VARIANTS if not v.endswith('_only'))}")
-            if det.modality != "rgb+xyz":
-                raise UserInputError("--variant needs an rgb+xyz model")
-            det.config = det.config.replace(score={"variant": args.variant})
-        cat = args.category or det.info.get("category")
+            if modality != "rgb+xyz":
+                raise UserInputError(f"{mp}: --variant needs an rgb+xyz model, this one is {modality}")
+        cat = args.category or (meta.get("info") or {}).get("category")
         if not cat:
             raise UserInputError(f"{mp}: the model does not record its category; pass --category")
-        ds = MVTec3DDataset(data_root, cat, args.split, load_rgb=det.config.uses_rgb,
-                            load_xyz=det.config.uses_xyz, require_points=False)
-        name = mp.name if len(model_paths) == 1 else str(mp.relative_to(Path(args.model_dir)))
+        ds = MVTec3DDataset(data_root, cat, args.split, load_rgb=modality in ("rgb+xyz", "rgb"),
+                            load_xyz=modality in ("rgb+xyz", "xyz"), require_points=False,
+                            units=args.units)
+        check_split(ds, need_points=False)
+        plans.append((mp, cat, ds))
+    return plans
+
+
+def evaluate_models(plans, args) -> list:
+    from ..evaluation import evaluate_detector
+    from ._workflow import load_detector, say
+
+    evals = []
+    for mp, cat, ds in plans:
+        det = load_detector(mp, args)
+        if args.variant:
+            det.config = det.config.replace(score={"variant": args.variant})
+        name = mp.name if len(plans) == 1 else str(mp.relative_to(Path(args.model_dir)))
         ev = evaluate_detector(det, ds, name=name, category=cat, batch_size=args.batch_size,
                                progress=not args.quiet, keep_examples=args.examples)
         ev.metrics["random_backbones"] = det.random_backbones
@@ -84,15 +102,27 @@ def write_all(out: Path, evals, title: str, notices=()) -> None:
 
 
 def run(args) -> int:
-    from ._workflow import RANDOM_NOTICE, check_writable_dir, find_models, loud, require_path, say
+    from ._workflow import (
+        RANDOM_NOTICE,
+        find_models,
+        loud,
+        require_path,
+        require_weight_files,
+        say,
+        staged_outputs,
+    )
+    from .common import require_writable
 
+    resolve_device(args.device)
+    require_weight_files(args)
     models = find_models(Path(args.model_dir))
     root = require_path(args.data_root, "dataset root")
-    out = Path(args.out)
-    check_writable_dir(out, "report folder")
-    evals = evaluate_models(models, root, args)
+    out = require_writable(args.out, "report folder")
+    plans = plan_models(models, root, args)
+    evals = evaluate_models(plans, args)
     notices = [RANDOM_NOTICE] if any(e.metrics.get("random_backbones") for e in evals) else []
-    write_all(out, evals, "CMDR-IAD evaluation", notices)
+    with staged_outputs(out) as stage:
+        write_all(stage, evals, "CMDR-IAD evaluation", notices)
     summary = json.loads((out / "metrics.json").read_text())
     say(args, f"wrote {out / 'metrics.json'}, paper_tables.md, report.html "
               f"(I-AUROC {summary.get('i_auroc')})")

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device, add_quiet, resolve_device
+from ._workflow import require_weight_files
+from .common import (
+    BN_MODES,
+    add_alias,
+    add_device,
+    add_positional_out,
+    add_quiet,
+    bars_enabled,
+    output_path,
+    require_writable,
+    resolve_device,
+)
 
 _DESCRIPTION = """\
 3D-only CMDR-IAD for raw industrial scans (paper §3.6, §4.2): outlier pseudo-labels
 (Isolation Forest / LOF / hybrid), sequential chunks of n points, n = s*s pseudo-images,
 frozen Point-MAE features and a Decoder3D(n, 1152) reconstruction branch.
 
-  cmdr-iad pointcloud build SCANS_DIR OUT_DIR [--detector iso|lof|hybrid] [--chunk-size 9216|4096] [--level low|high]
+  cmdr-iad pointcloud build SCANS_DIR [--out] OUT_DIR [--detector iso|lof|hybrid] [--chunk-size 9216|4096] [--level low|high]
   cmdr-iad pointcloud train BUILD_DIR --out MODEL_DIR [--preset P] [--epochs N] [--random-backbones]
   cmdr-iad pointcloud evaluate MODEL_DIR BUILD_DIR --out REPORT_DIR
   cmdr-iad pointcloud predict MODEL_DIR SCAN_FILE --out DIR
-  cmdr-iad pointcloud table8 SCANS_DIR WORK_DIR [--preset P] [--epochs N]
+  cmdr-iad pointcloud table8 SCANS_DIR [--out] WORK_DIR [--preset P] [--epochs N]
 """
 
 
@@ -28,9 +39,10 @@ def _add_train_backbone(p: argparse.ArgumentParser) -> None:
     _add_backbone(p)
     p.add_argument("--random-backbones", action="store_true",
                    help="randomly initialised Point-MAE (testing only; recorded in every output)")
-    p.add_argument("--feature-cache", metavar="DIR", default=None,
+    p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help="on-disk feature cache folder (default: in memory when the features fit "
                         "in 2 GiB, else <weights folder>/features)")
+    add_alias(p, "--feature-cache", "--cache-dir", "cache_dir", metavar="DIR")
 
 
 def _chunk_size(text: str) -> int:
@@ -55,7 +67,7 @@ def register(subparsers) -> None:
                            "to test), normalise each chunk to [-1, 1] and write the arrays and "
                            "build.json to OUT_DIR."))
     b.add_argument("scans_dir", metavar="SCANS_DIR")
-    b.add_argument("out_dir", metavar="OUT_DIR")
+    add_positional_out(b, "out_dir", "OUT_DIR", "build folder to write")
     b.add_argument("--detector", default="iso", choices=("iso", "lof", "hybrid"),
                    help="outlier detector: Isolation Forest, Local Outlier Factor, or their union (default iso)")
     b.add_argument("--chunk-size", type=_chunk_size, default=9216,
@@ -85,9 +97,10 @@ def register(subparsers) -> None:
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--bn", choices=("sample", "running"), default=None,
+    t.add_argument("--point-mae-bn", choices=BN_MODES, default=None,
                    help="Point-MAE BatchNorm: per-sample statistics (reference behaviour, default) "
                         "or running statistics (eval mode)")
+    add_alias(t, "--bn", "--point-mae-bn", "point_mae_bn", choices=BN_MODES)
     t.add_argument("--threshold-sigmas", type=float, default=None,
                    help="threshold = mean + k*std of the training image scores (default 3)")
     t.add_argument("--feature-dtype", choices=("float32", "float16"), default=None,
@@ -134,7 +147,7 @@ def register(subparsers) -> None:
                            "under WORK_DIR/<detector>-<size>-<level>/, then print the table in the "
                            "paper's layout (also written to WORK_DIR/table8.md and table8.json)."))
     g.add_argument("scans_dir", metavar="SCANS_DIR")
-    g.add_argument("work_dir", metavar="WORK_DIR")
+    add_positional_out(g, "work_dir", "WORK_DIR", "folder for the builds, models and reports")
     g.add_argument("--preset", default="paper", choices=("paper", "small", "tiny"))
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--chunk-sizes", type=_chunk_size, nargs=2, default=(4096, 9216), metavar=("SMALL", "LARGE"),
@@ -152,22 +165,20 @@ def _log(args: argparse.Namespace):
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
     from ..pointcloud.config import BuildConfig
     from ..pointcloud.dataset import build_dataset, summary_text
+    from ..progress import progress
 
     cfg = BuildConfig(detector=args.detector, chunk_size=args.chunk_size, level=args.level,
                       contamination=args.contamination, tau=args.tau, seed=args.seed).validate()
-    with Progress(transient=True, disable=args.quiet) as prog:
-        task = prog.add_task("scans", total=None)
-
+    out_dir = require_writable(output_path(args, "out_dir", "OUT_DIR"), "build folder")
+    with progress(None, "scans", enabled=bars_enabled(args)) as bar:
         def on_scan(i: int, total: int, name: str) -> None:
-            prog.update(task, total=total, completed=i, description=f"scan {name}")
+            bar.update(total=total, completed=i, description=f"scan {name}")
 
-        meta = build_dataset(args.scans_dir, args.out_dir, cfg, skip_short=args.skip_short, on_scan=on_scan)
+        meta = build_dataset(args.scans_dir, out_dir, cfg, skip_short=args.skip_short, on_scan=on_scan)
     c = meta["counts"]
-    print(f"built {args.out_dir}: {len(meta['sources'])} scans, detector {cfg.detector}, level "
+    print(f"built {out_dir}: {len(meta['sources'])} scans, detector {cfg.detector}, level "
           f"{cfg.level} (contamination {cfg.resolved_contamination:g}), chunks of {cfg.chunk_size}")
     print(summary_text(c))
     for s in meta.get("skipped", []):
@@ -180,17 +191,22 @@ def run_train(args: argparse.Namespace) -> int:
     from ..pointcloud.dataset import load_build
     from ..pointcloud.train import train_scan_model
 
+    device = resolve_device(args.device)
+    require_weight_files(args)
+    out = require_writable(args.out, "model folder")
+    if args.cache_dir is not None:
+        require_writable(args.cache_dir, "feature cache folder")
     data = load_build(args.build_dir)
     cfg = model_preset(args.preset, data.chunk_size)
     changes = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                                 "point_mae_bn": args.bn, "threshold_sigmas": args.threshold_sigmas,
+                                 "point_mae_bn": args.point_mae_bn, "threshold_sigmas": args.threshold_sigmas,
                                  "feature_dtype": args.feature_dtype, "seed": args.seed}.items()
                if v is not None}
     if changes:
         cfg = cfg.replace(**changes)
-    train_scan_model(data, args.out, cfg, point_mae_weights=args.point_mae_weights,
-                     random_backbones=args.random_backbones, device=resolve_device(args.device),
-                     feature_cache=args.feature_cache, progress=not args.quiet, log=_log(args))
+    train_scan_model(data, out, cfg, point_mae_weights=args.point_mae_weights,
+                     random_backbones=args.random_backbones, device=device,
+                     feature_cache=args.cache_dir, progress=not args.quiet, log=_log(args))
     if args.random_backbones:
         print("NOTE: trained on random Point-MAE weights (--random-backbones): for testing only")
     return 0
@@ -199,17 +215,23 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..pointcloud.evaluate import evaluate_scan_model
 
-    evaluate_scan_model(args.model_dir, args.build_dir, args.out, device=resolve_device(args.device),
+    device = resolve_device(args.device)
+    require_weight_files(args)
+    out = require_writable(args.out, "report folder")
+    evaluate_scan_model(args.model_dir, args.build_dir, out, device=device,
                         batch_size=args.batch_size, point_mae_weights=args.point_mae_weights,
                         progress=not args.quiet, log=_log(args))
-    print(f"wrote {args.out}/metrics.json")
+    print(f"wrote {out / 'metrics.json'}")
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..pointcloud.predict import predict_scan
 
-    predict_scan(args.model_dir, args.scan_file, args.out, device=resolve_device(args.device),
+    device = resolve_device(args.device)
+    require_weight_files(args)
+    out = require_writable(args.out, "output folder")
+    predict_scan(args.model_dir, args.scan_file, out, device=device,
                  batch_size=args.batch_size, point_mae_weights=args.point_mae_weights, log=_log(args))
     return 0
 
@@ -218,10 +240,15 @@ def run_table8(args: argparse.Namespace) -> int:
     from ..pointcloud.table8 import format_table8
     from ..pointcloud.table8 import run_table8 as run
 
-    rows = run(args.scans_dir, args.work_dir, preset=args.preset, epochs=args.epochs,
+    device = resolve_device(args.device)
+    require_weight_files(args)
+    work_dir = require_writable(output_path(args, "work_dir", "WORK_DIR"), "work folder")
+    if args.cache_dir is not None:
+        require_writable(args.cache_dir, "feature cache folder")
+    rows = run(args.scans_dir, work_dir, preset=args.preset, epochs=args.epochs,
                chunk_sizes=tuple(args.chunk_sizes), full=args.full,
                point_mae_weights=args.point_mae_weights, random_backbones=args.random_backbones,
-               device=resolve_device(args.device), feature_cache=args.feature_cache,
+               device=device, feature_cache=args.cache_dir,
                resume=args.resume, progress=not args.quiet, log=_log(args))
     print(format_table8(rows))
     return 0 if any(r["error"] is None for r in rows) else 1

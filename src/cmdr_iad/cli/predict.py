@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import add_device, add_quiet
+from .common import add_device, add_quiet, add_units, resolve_device
 
 RGB_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 XYZ_EXTS = (".tiff", ".tif", ".npy", ".pcd")
@@ -37,10 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--save-raw", action="store_true", help="also write <stem>_map.npy (Ψ at grid size)")
     p.add_argument("--map-format", default="tiff", choices=("tiff", "npy"))
-    p.add_argument("--units", default="m", choices=("m", "mm"), help="unit of the xyz files")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--dino-weights", metavar="FILE", default=None)
     p.add_argument("--point-mae-weights", metavar="FILE", default=None)
+    add_units(p)
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=run)
@@ -135,20 +135,33 @@ def write_outputs(stage: Path, stem: str, res, sample, det, args, model_dir: Pat
 
 
 def run(args) -> int:
+    from ..artifact import read_metadata
     from ..data.folder import load_sample
     from ..errors import UserInputError
-    from ._workflow import RANDOM_NOTICE, load_detector, loud, say, staged_outputs
+    from ._workflow import (
+        RANDOM_NOTICE,
+        load_detector,
+        loud,
+        require_weight_files,
+        say,
+        staged_outputs,
+    )
+    from .common import require_writable
 
+    resolve_device(args.device)
+    require_weight_files(args)
     model_dir = Path(args.model_dir)
+    read_metadata(model_dir)  # a missing or unreadable model folder fails before any file is read
     inputs = collect_inputs(args)
     stems = [s for s, *_ in inputs]
     if len(set(stems)) != len(stems):
         raise UserInputError("two inputs share a file stem; their outputs would collide")
-    out = Path(args.out)
+    out = require_writable(args.out, "output folder")
+    # every input is read (and checked) before the model and its backbones are loaded
+    samples = [load_sample(r, x, g, units=args.units, require_points=False, key=s)
+               for s, r, x, g in inputs]
     det = load_detector(model_dir, args)
     with staged_outputs(out) as stage:
-        samples = [load_sample(r, x, g, units=args.units, require_points=False, key=s)
-                   for s, r, x, g in inputs]
         records = []
         results = det.predict_many(samples, batch_size=args.batch_size,
                                    progress=not args.quiet and len(samples) > 1, total=len(samples))

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import CmdrIadError, DatasetError
-from .common import add_quiet
+from .common import add_positional_out, add_quiet, failure_summary, output_path, require_writable
+
+EPILOG = """\
+resuming: preprocess keeps no work list; it knows what is done from the output itself.
+  DST/.cmdr-iad-preprocess.json   the parameters (and cmdr-iad version) of the run; a rerun with
+                                  other parameters into the same DST is refused
+  xyz/*.tiff ImageDescription tag "cmdr_iad_preprocess": every written cloud carries its
+                                  parameters; an existing DST file is skipped, and with
+                                  --in-place a tagged cloud is never processed twice
+  .cmdr-iad-tmp-*                 temporary files of an interrupted write, removed on the next run
+Delete DST (or use a new one) to start from scratch.
+"""
 
 
 def register(subparsers) -> None:
@@ -19,11 +29,12 @@ def register(subparsers) -> None:
             "(eps 6 mm, 30 points), zero-padded to a square) and write it to DST, mirroring SRC "
             "and copying every other file (rgb, gt) unchanged. SRC is never modified unless "
             "--in-place is given. Rerunning skips finished files, so an interrupted run resumes. "
-            "Bad files are reported by name after the others are done (exit status 2)."),
+            "Bad files are reported after the others are done: one error line naming the first "
+            "three (more are listed on stdout), exit status 2."),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="dataset root in the MVTec 3D-AD layout")
-    p.add_argument("dst", metavar="DST", nargs="?", default=None,
-                   help="output root (required unless --in-place)")
+    add_positional_out(p, "dst", "DST", "output root (required unless --in-place)")
     p.add_argument("--in-place", action="store_true",
                    help="overwrite the clouds in SRC instead of writing to DST")
     p.add_argument("--workers", type=int, default=2, metavar="N",
@@ -33,21 +44,27 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..data.preprocess import preprocess_dataset
 
-    if args.dst is None and not args.in_place:
+    dst = output_path(args, "dst", "DST", required=False)
+    if dst is None and not args.in_place:
         raise DatasetError("DST is required (or pass --in-place to overwrite SRC)")
-    report = preprocess_dataset(args.src, args.dst, in_place=args.in_place, workers=args.workers,
+    src = Path(args.src)
+    if not src.is_dir():
+        raise DatasetError(f"{src}: source folder not found")
+    require_writable(src if args.in_place else dst, "source folder" if args.in_place else "output root")
+    report = preprocess_dataset(src, dst, in_place=args.in_place, workers=args.workers,
                                 progress=not args.quiet)
     if not args.quiet:
         print(f"processed {len(report.processed)}, copied {len(report.copied)}, "
               f"skipped {len(report.skipped)} (already done), failed {len(report.failed)}")
-    for rel, reason in report.failed:
-        print(f"cmdr-iad: failed: {rel}: {reason}", file=sys.stderr)
     if report.failed:
-        first = report.failed[0][0]
-        msg = (f"{len(report.failed)} file(s) could not be preprocessed (first: {first}); "
-               "the other files are done")
+        if len(report.failed) > 3:  # the full list goes to stdout; stderr keeps one line
+            for rel, reason in report.failed:
+                print(f"failed: {rel}: {reason}")
+        msg = failure_summary(report.failed, "file(s)", "preprocessed")
         if report.internal_errors:
             raise CmdrIadError(msg)  # exit 1: not (only) bad input
         raise DatasetError(msg)  # exit 2

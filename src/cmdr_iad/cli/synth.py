@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import UserInputError
-from .common import add_quiet
+from .common import add_positional_out, add_quiet, bars_enabled, output_path, require_writable
 
 
 def register(subparsers) -> None:
@@ -17,7 +16,7 @@ def register(subparsers) -> None:
                     "metres, GT masks) with defects visible in RGB only (stain), in 3D only "
                     "(bump, dent) and in both (crack). Deterministic by --seed.",
     )
-    p.add_argument("out", metavar="OUT", help="output folder: new, empty, or a previous synthetic set (replaced)")
+    add_positional_out(p, "out", "OUT", "output folder: new, empty, or a previous synthetic set (replaced)")
     p.add_argument("--categories", type=int, default=2, metavar="N",
                    help="number of object categories (default 2: puck, ring; then tile, dome, puck2…)")
     p.add_argument("--train", type=int, default=8, metavar="N", help="train samples per category")
@@ -45,21 +44,14 @@ def run(args: argparse.Namespace) -> int:
     h, w = args.size
     if h < 16 or w < 16:
         raise UserInputError(f"--size must be at least 16 16, got {h} {w}")
-    out = Path(args.out)
+    out = require_writable(output_path(args, "out", "OUT"), "output folder")
     cats = category_names(args.categories)
     kw = dict(categories=cats, n_train=args.train, n_val=args.val, n_test_good=args.test_good,
               n_test_defect=args.test_defect, size=(h, w), seed=args.seed)
-    if args.quiet:
-        generate_dataset(out, **kw)
-    else:
-        from rich.progress import Progress
+    from ..progress import progress
 
-        with Progress(transient=True) as progress:
-            task = progress.add_task("synth", total=None)
-
-            def step(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            generate_dataset(out, on_sample=step, **kw)
+    with progress(None, "synth", enabled=bars_enabled(args)) as bar:
+        generate_dataset(out, on_sample=lambda done, total: bar.update(completed=done, total=total), **kw)
+    if not args.quiet:
         print(f"wrote {len(cats)} categories ({', '.join(cats)}) to {out}")
     return 0

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_quiet
+from .common import add_quiet, require_writable
+
+# `--json` without FILE: printed on stdout, as before, for one release (then FILE is required)
+STDOUT_DEPRECATED = "<stdout, deprecated>"
 
 
 def register(subparsers) -> None:
@@ -24,7 +27,8 @@ def register(subparsers) -> None:
                    help="check this Point-MAE pretrain.pth instead of searching")
     p.add_argument("--download", action="store_true",
                    help="download missing files from their official URLs (verified by SHA-256)")
-    p.add_argument("--json", action="store_true", help="print a JSON record instead of text")
+    p.add_argument("--json", nargs="?", const=STDOUT_DEPRECATED, default=None, metavar="FILE",
+                   help="write a JSON record to FILE ('-' = stdout) instead of the text report")
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -56,12 +60,21 @@ def _status(spec, explicit, download: bool) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..features.weights import DINO, HOME_ENV, OFFLINE_ENV, POINT_MAE, weights_dirs
 
+    out = None
+    if args.json not in (None, "-", STDOUT_DEPRECATED):
+        out = require_writable(args.json, "JSON file", folder=False)
     records = [_status(DINO, args.dino_weights, args.download),
                _status(POINT_MAE, args.point_mae_weights, args.download)]
     ok = all(r["status"] == "found" for r in records)
-    if args.json:
-        print(json.dumps({"ok": ok, "search": [f"{o}: {d}" for o, d in weights_dirs()],
-                          "weights": records}, indent=2))
+    if args.json is not None:
+        payload = {"ok": ok, "search": [f"{o}: {d}" for o, d in weights_dirs()], "weights": records}
+        if out is None:
+            print(json.dumps(payload, indent=2))
+        else:
+            from ..fileio import write_json_atomic
+
+            write_json_atomic(out, payload, sort_keys=False)
+            print(f"wrote {out} ({'all weights found' if ok else 'weights missing or corrupt'})")
         return 0 if ok else 1
     print("weights folders searched: " + ", ".join(f"{d} ({o})" for o, d in weights_dirs()))
     for r in records:

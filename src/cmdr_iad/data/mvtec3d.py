@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import DatasetError, UserInputError
 from .image_io import image_size, read_mask, read_rgb
-from .pointcloud_io import read_organized
+from .pointcloud_io import UNITS, read_organized
 from .sample import LABEL_DEFECT, LABEL_GOOD, Sample
 
 SPLITS = ("train", "validation", "test")
@@ -95,6 +95,7 @@ class MVTec3DDataset(Sequence[Sample]):
     test: "good" → label 0 and an all-zero gt; other folders → label 1 with their gt masks.
     load_rgb / load_xyz: read only the modalities needed (their folders must exist).
     require_points: with xyz loaded, a cloud without any valid point is an error.
+    units: unit of the xyz files ("m" or "mm"); clouds are returned in metres.
     """
 
     def __init__(self, root: str | os.PathLike, category: str, split: str = "train", *,
@@ -104,6 +105,8 @@ class MVTec3DDataset(Sequence[Sample]):
             raise UserInputError(f"split must be one of {SPLITS}, got {split!r}")
         if not (load_rgb or load_xyz):
             raise UserInputError("load at least one of rgb and xyz")
+        if units not in UNITS:
+            raise UserInputError(f"units must be one of {tuple(UNITS)}, got {units!r}")
         self.root = Path(root)
         self.category = category
         self.split = split
@@ -201,7 +204,8 @@ class MVTec3DDataset(Sequence[Sample]):
         return [e.defect_type for e in self._entries]
 
     def validate(self) -> None:
-        """Read every sample once (raises the first `DatasetError`)."""
+        """Read every sample once (raises the first `DatasetError`); see `data.validate.check_split`
+        for the pre-flight check that also rejects a split of all-zero clouds."""
         for e in self._entries:
             self._load(e)
 
