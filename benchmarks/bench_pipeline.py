@@ -44,10 +44,10 @@ def run_configs(args) -> dict:
                         device=args.device, random_backbones=True, stages=True, threads=args.threads,
                         sample_size=args.sample_size)
             main = (preset, modality) == (args.preset, args.modality)
-            for heads in ("fast", "reference"):
+            for heads in ("exact", "reference"):
                 if heads == "reference" and not main:
                     continue
-                runs = args.repeats if heads == "fast" and main else 1
+                runs = args.repeats if heads == "exact" and main else 1
                 for k in range(runs):
                     print(f"running {preset} {modality} heads={heads} ({k + 1}/{runs}) ...", flush=True)
                     results.append(run_isolated(**base, heads=heads).to_dict())
@@ -89,8 +89,8 @@ def _median_run(runs: list[dict]) -> dict:
 
 def render(data: dict) -> str:
     res = data["pipeline"]
-    first = next(r for r in res if r["heads"] == "fast" and r["precision"] == "fp32" and r["batch_size"] == 1)
-    fasts = [r for r in res if r["heads"] == "fast" and r["precision"] == "fp32" and r["batch_size"] == 1
+    first = next(r for r in res if r["heads"] == "exact" and r["precision"] == "fp32" and r["batch_size"] == 1)
+    fasts = [r for r in res if r["heads"] == "exact" and r["precision"] == "fp32" and r["batch_size"] == 1
              and (r["preset"], r["modality"]) == (first["preset"], first["modality"])]
     fast = _median_run(fasts)
     ref = next((r for r in res if r["heads"] == "reference" and r["preset"] == fast["preset"]
@@ -181,7 +181,7 @@ def render(data: dict) -> str:
             f"- peak memory < 2 GB: {fast['peak_memory_mb']:.0f} MB = "
             f"{fast['peak_memory_mb'] * 2**20 / 1e9:.2f} × 10⁹ bytes (MB here are 2²⁰ bytes)",
         ]
-        batched = [r for r in res if r["batch_size"] > 1 and r["heads"] == "fast"
+        batched = [r for r in res if r["batch_size"] > 1 and r["heads"] == "exact"
                    and r["precision"] == "fp32"]
         for r in batched:
             lines.append(f"- batch {r['batch_size']}: {r['seconds_per_sample']:.2f} s / sample, peak "

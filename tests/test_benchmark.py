@@ -109,12 +109,12 @@ def test_stage_times_come_from_the_timed_loop_and_add_up(monkeypatch):
     assert {"transforms", "features", "heads", "fusion", "output"} <= set(r.stages)
     covered = sum(v for k, v in r.stages.items() if k != "unaccounted")
     assert 0.95 * r.seconds_per_sample <= covered <= r.seconds_per_sample * (1 + 1e-9)
-    assert r.heads == "fast" and r.samples == 3
+    assert r.heads == "exact" and r.samples == 3
 
 
 def _result(**kw) -> BenchResult:
     base = dict(preset="tiny", modality="rgb+xyz", device="cpu", batch_size=1, samples=2, threads=2,
-                heads="fast", precision="fp32", compiled=False, seconds_per_sample=0.5, fps=2.0,
+                heads="exact", precision="fp32", compiled=False, seconds_per_sample=0.5, fps=2.0,
                 peak_memory_mb=900.0, memory_kind="cpu_peak_rss", flops_per_sample=10**11,
                 flops_by_part={"total": 10**11}, matmul_gflops=100.0, matmul_gflops_before=90.0,
                 matmul_gflops_after=100.0, matmul_fraction=2.0, resident_mb_after_build=800.0,
@@ -135,7 +135,7 @@ def test_cli_writes_json_and_table(tmp_path, monkeypatch, capsys):
     rc = main(["benchmark", "--preset", "tiny", "--random-backbones", "--samples", "2", "--heads", "both",
                "--in-process", "--device", "cpu", "--json", str(out)])
     assert rc == 0
-    assert [c["heads"] for c in calls] == ["reference", "fast"]
+    assert [c["heads"] for c in calls] == ["reference", "exact"]
     assert calls[0]["samples"] == 2 and calls[0]["random_backbones"] is True
     data = json.loads(out.read_text())
     for key in ("seconds_per_sample", "fps", "peak_memory_mb", "flops_per_sample", "matmul_gflops",
@@ -155,3 +155,11 @@ def test_cli_bad_numbers_exit_2(args, capsys):
 def test_format_table_has_one_row_per_result():
     lines = format_table([_result(), _result(heads="reference")]).splitlines()
     assert len(lines) == 3 and "fraction" in lines[0] and "200 %" in lines[1]
+
+
+def test_old_heads_spelling_fast_still_means_exact(monkeypatch):
+    calls = []
+    monkeypatch.setattr(benchmark, "run", lambda **kw: calls.append(kw) or _result(heads=kw["heads"]))
+    assert main(["benchmark", "--preset", "tiny", "--random-backbones", "--in-process",
+                 "--heads", "fast"]) == 0
+    assert calls[0]["heads"] == "exact"

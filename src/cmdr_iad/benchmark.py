@@ -42,7 +42,7 @@ import torch
 
 from .errors import UserInputError
 from .flops import count_flops
-from .inference import StageTimer
+from .inference import HEAD_PATHS, StageTimer
 from .machine import configure_threads, machine_info, matmul_gflops, physical_cores, sync
 from .memory import PeakMemory
 
@@ -61,9 +61,9 @@ __all__ = [
     "format_table",
 ]
 
-HEAD_MODES = ("fast", "reference")
-"""``fast``: the exact head path of the one inference path (heads at valid pixels only);
-``reference``: dense features, every head on every pixel (`inference.HEAD_PATHS`)."""
+HEAD_MODES = HEAD_PATHS
+"""``exact``: the heads at valid pixels only (the default path); ``reference``: dense features,
+every head on every pixel (`inference.HEAD_PATHS`). ``fast`` is the old name of ``exact``."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -185,26 +185,27 @@ def _timed_predict(det: Any, samples: Sequence[Any], batch_size: int, device: to
 
 
 def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, batch_size: int = 1,
-        device: str = "cpu", random_backbones: bool = True, heads: str = "fast",
+        device: str = "cpu", random_backbones: bool = True, heads: str = "exact",
         precision: str = "fp32", compile: bool = False, threads: int | None = None,
         sample_size: int = 800, stages: bool = False, deviation: bool | None = None,
         dino_weights: str | None = None, point_mae_weights: str | None = None,
         seed: int = 0) -> BenchResult:
     """Benchmark one configuration in this process. See the module docstring for the protocol.
 
-    ``heads``: "fast" (exact fast paths) or "reference" (every head on every pixel);
+    ``heads``: "exact" (heads at valid pixels only) or "reference" (every head on every pixel);
     ``precision``: "fp32" (exact), "bf16" (autocast; CPU or CUDA) or "fp16" (autocast, CUDA);
     ``compile``: torch.compile the token-wise head layers; ``stages``: also time each stage;
-    ``deviation``: compare the maps and scores with the exact fp32 fast path (default: when
+    ``deviation``: compare the maps and scores with the exact fp32 path (default: when
     precision or compile change the numerics).
     """
     from . import presets
     from .detector import CMDRIAD
     from .device import resolve_device
 
+    heads = "exact" if heads == "fast" else heads  # the old name, kept for one release
     if heads not in HEAD_MODES:
         raise UserInputError(f"heads must be one of {HEAD_MODES}, got {heads!r}")
-    path_heads = "reference" if heads == "reference" else "exact"
+    path_heads = heads
     if precision not in PRECISIONS:
         raise UserInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if batch_size < 1:
