@@ -75,7 +75,7 @@ def test_decoder_keys_ignored_but_missing_encoder_keys_listed(source_sd):
           if k not in ("norm.weight", "blocks.blocks.3.attn.qkv.weight")}
     sd["module.mask_token"] = torch.zeros(1, 1, 384)
     sd["module.MAE_decoder.blocks.0.mlp.fc1.weight"] = torch.zeros(2, 2)
-    with pytest.raises(WeightsError, match="missing encoder keys") as err:
+    with pytest.raises(WeightsError, match="missing keys") as err:
         load_point_mae_weights(PointMAE(**KW), {"base_model": sd})
     msg = str(err.value)
     assert "norm.weight" in msg and "blocks.blocks.3.attn.qkv.weight" in msg

@@ -109,36 +109,17 @@ def load_point_mae_weights(model: PointMAE, source: str | os.PathLike | Mapping)
     """
     name = "<state dict>" if isinstance(source, Mapping) else str(source)
     sd = point_mae_state_dict(source)
+    from ..model.heads import load_strict
+
     target = model.state_dict()
-    ignored = {k for k in sd if k not in target and k.startswith(IGNORED_PREFIXES)}
-    sd = {k: v for k, v in sd.items() if k not in ignored}
-    missing = [k for k in target if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in target]
-    bad_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-                 for k, v in sd.items() if k in target and v.shape != target[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing encoder keys ({len(missing)}): {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
-    if bad_shape:
-        problems.append(f"shape mismatches ({len(bad_shape)}): {_listing(bad_shape)}")
-    if problems:
-        raise WeightsError(f"Point-MAE checkpoint {name} does not fit "
-                           f"PointMAE(num_group={model.num_group}, group_size={model.group_size}): "
-                           + "; ".join(problems))
-    for k, v in sd.items():
-        if v.is_floating_point() != target[k].is_floating_point():
-            raise WeightsError(f"Point-MAE checkpoint {name}: {k} has dtype {v.dtype}, "
-                               f"expected {target[k].dtype}")
-    full = {k: sd.get(k, target[k]) for k in target}
-    model.load_state_dict({k: v.to(target[k].dtype) for k, v in full.items()}, strict=True)
+    sd = {k: v for k, v in sd.items() if k in target or not k.startswith(IGNORED_PREFIXES)}
+    try:
+        load_strict(model, sd, f"Point-MAE checkpoint {name} does not fit PointMAE(num_group="
+                               f"{model.num_group}, group_size={model.group_size})",
+                    optional=("num_batches_tracked",))
+    except ValueError as e:
+        raise WeightsError(str(e)) from e
     return model
-
-
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def write_release_checkpoint(state_dict: Mapping[str, Tensor], path: str | os.PathLike,

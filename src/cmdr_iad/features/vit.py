@@ -153,39 +153,20 @@ def load_vit_state_dict(model: nn.Module, obj: Mapping[str, Any], *, source: str
     Missing or unexpected keys and shape mismatches raise a `WeightsError` that lists them.
     A 224-trained position embedding is resampled (bicubic, as timm does) to the model's size.
     """
+    from ..model.heads import load_strict
+
     sd = normalize_vit_state_dict(obj)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(_mismatch_message(source, missing, unexpected))
     prefix = int(getattr(model, "num_prefix_tokens", 1))
-    bad = []
-    for k, ref in expected.items():
-        v = sd[k]
-        if k == "pos_embed" and v.shape != ref.shape and v.ndim == 3:
-            v = _resample_pos_embed(v, ref.shape, prefix)
-            sd[k] = v
-        if tuple(v.shape) != tuple(ref.shape):
-            bad.append(f"{k}: file {tuple(v.shape)} vs model {tuple(ref.shape)}")
-        elif not v.is_floating_point():
-            bad.append(f"{k}: dtype {v.dtype} is not floating point")
-    if bad:
-        raise WeightsError(f"{source} does not fit the ViT ({len(bad)} shape mismatches): "
-                           + "; ".join(bad[:10]) + (" …" if len(bad) > 10 else ""))
-    model.load_state_dict(sd, strict=True)
-
-
-def _mismatch_message(source: str, missing: list[str], unexpected: list[str]) -> str:
-    def short(keys: list[str]) -> str:
-        return ", ".join(keys[:12]) + (f" … (+{len(keys) - 12} more)" if len(keys) > 12 else "")
-
-    parts = [f"{source} does not hold DINO ViT-B/8 weights in timm or DINO-release layout"]
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {short(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {short(unexpected)}")
-    return "; ".join(parts)
+    pos = sd.get("pos_embed")
+    want = expected.get("pos_embed")
+    if pos is not None and want is not None and pos.shape != want.shape and pos.ndim == 3:
+        sd["pos_embed"] = _resample_pos_embed(pos, want.shape, prefix)
+    try:
+        load_strict(model, sd, f"{source} does not hold DINO ViT-B/8 weights in timm or "
+                               "DINO-release layout")
+    except ValueError as e:
+        raise WeightsError(str(e)) from e
 
 
 def load_vit_weights(model: nn.Module, path: str | os.PathLike) -> None:

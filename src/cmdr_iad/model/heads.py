@@ -43,40 +43,42 @@ def build_heads(modality: str, grid: int, dim2d: int = 768, dim3d: int = 1152, n
     return nn.ModuleDict({name: make[name]() for name in HEADS_BY_MODALITY[modality]})
 
 
-def _few(keys: list[str], n: int = 4) -> str:
-    return f"{keys[:n]}{'…' if len(keys) > n else ''}"
+def _listing(items: list[str], limit: int = 12) -> str:
+    return ", ".join(items[:limit]) + (f" … (+{len(items) - limit} more)" if len(items) > limit else "")
 
 
 def state_dict_problems(module: nn.Module, state: Mapping[str, torch.Tensor],
-                        ignore: tuple[str, ...] = ()) -> list[str]:
-    """What keeps ``state`` from loading strictly into ``module``: missing keys, unexpected keys,
-    shape mismatches (empty when it fits). Keys starting with a prefix in ``ignore`` are skipped."""
+                        optional: tuple[str, ...] = ()) -> list[str]:
+    """What keeps ``state`` from loading strictly into ``module`` (empty when it fits):
+    ``missing keys (n): …``, ``unexpected keys (n): …``, ``shape mismatches (n): k: file (…) vs
+    model (…)``, ``dtype mismatches (n): …`` (floating point where the module has integers, or
+    the reverse). Keys ending in a suffix of ``optional`` may be missing (the module's own value
+    is kept, e.g. BatchNorm's ``num_batches_tracked``)."""
     own = module.state_dict()
-    got = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else dict(state)
-    missing = sorted(set(own) - set(got))
-    unexpected = sorted(set(got) - set(own))
-    wrong = sorted(k for k in set(own) & set(got)
-                   if tuple(own[k].shape) != tuple(getattr(got[k], "shape", ())))
+    missing = [k for k in own if k not in state and not k.endswith(optional)] if optional else \
+        [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shared = [k for k in own if k in state]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in shared if tuple(state[k].shape) != tuple(own[k].shape)]
+    dtypes = [f"{k}: file {state[k].dtype} vs model {own[k].dtype}" for k in shared
+              if state[k].is_floating_point() != own[k].is_floating_point()]
     parts = []
-    if missing:
-        parts.append(f"missing {len(missing)} key(s) {_few(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {len(unexpected)} key(s) {_few(unexpected)}")
-    if wrong:
-        k = wrong[0]
-        more = f" (+{len(wrong) - 1} more)" if len(wrong) > 1 else ""
-        parts.append(f"shape of {k} is {tuple(got[k].shape)}, the network needs {tuple(own[k].shape)}{more}")
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatches", shapes), ("dtype mismatches", dtypes)):
+        if items:
+            parts.append(f"{what} ({len(items)}): {_listing(items)}")
     return parts
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], who: str = "module",
-                ignore: tuple[str, ...] = ()) -> None:
-    """Load ``state`` into ``module`` with every key and shape checked (dtype cast to the module's).
-
-    Raises ``ValueError("<who>: missing …; unexpected …; shape of …")`` on any mismatch.
+                optional: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``module`` with every key, shape and dtype kind checked (values cast
+    to the module's dtypes). Raises ``ValueError("<who>: missing keys …; …")`` on any mismatch.
     """
-    problems = state_dict_problems(module, state, ignore)
+    problems = state_dict_problems(module, state, optional)
     if problems:
         raise ValueError(f"{who}: " + "; ".join(problems))
     own = module.state_dict()
-    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=True)
+    module.load_state_dict({k: (state[k] if k in state else v).to(v.dtype) for k, v in own.items()},
+                           strict=True)
