@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import EvaluationError, UserInputError
+from .memory import PeakMemory
 
 LIMITS = (0.3, 0.1, 0.05, 0.01)
 AUPRO_KEYS = ("aupro_30", "aupro_10", "aupro_5", "aupro_1")
@@ -51,12 +51,6 @@ class Evaluation:
         return {"model": self.name, "category": self.category, "modality": self.modality,
                 **{k: m.get(k) for k in METRIC_KEYS}, "fps": m.get("fps"),
                 "peak_memory_mb": m.get("peak_memory_mb"), "n": m.get("n")}
-
-
-def _peak_memory(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
 def _safe(fn, notes: list[str], what: str):
@@ -119,7 +113,8 @@ def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", categ
     elapsed = time.perf_counter() - t0
     metrics, curve = compute_metrics(np.stack(maps), np.stack(gts), np.asarray(labels),
                                      np.asarray(scores))
-    peak, kind = _peak_memory(det.device)
+    peak = PeakMemory(det.device).peak_mb()  # process-lifetime peak on CPU (not reset here)
+    kind = "cuda max_memory_allocated" if det.device.type == "cuda" else "process peak RSS"
     fallback = sum(b != det.modality for b in branches)
     metrics.update({
         "n": n, "n_defective": int(np.sum(np.asarray(labels) == 1)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -71,11 +70,8 @@ def test_scan_has_table_plane_missing_points_and_variation():
 
 
 def test_generate_dataset_round_trip(tmp_path):
-    t0 = time.perf_counter()
     root = generate_dataset(tmp_path / "d", categories=2, n_train=4, n_val=2, n_test_good=2,
                             n_test_defect=1, size=(128, 128), seed=1)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 30  # 2 categories × 12 samples at 128×128: a few seconds
     assert list_categories(root) == sorted(category_names(2))
     meta = json.loads((root / "synthetic.json").read_text())
     assert meta["seed"] == 1 and set(meta["defect_types"]) == set(DEFECT_TYPES)
