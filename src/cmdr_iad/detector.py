@@ -9,8 +9,6 @@ See `inference` for the scoring branches and `calibration` for the threshold rul
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -246,17 +244,12 @@ class CMDRIAD:
         deleted afterwards, when None). `checkpoint`: folder of the per-epoch checkpoint;
         `resume` continues from it. Returns the `training.TrainReport`.
         """
-        from .features.cache import FeatureCache
-        from .features.store import CachedSampleStore
+        from .features.store import CachedSampleStore, open_cache
         from .training import fingerprint, train_heads
 
         if len(train_dataset) == 0:
             raise UserInputError("the training set is empty")
-        tmp = None
-        if cache_dir is None:
-            tmp = Path(tempfile.mkdtemp(prefix="cmdr-iad-features-"))
-        try:
-            cache = FeatureCache(cache_dir if cache_dir is not None else tmp)
+        with open_cache(cache_dir) as cache:
             entries = self._cache(train_dataset, cache, progress, "train")
             store = CachedSampleStore(entries, self.modality)
             run_cfg = self.config.to_dict()
@@ -274,9 +267,6 @@ class CMDRIAD:
             else:
                 self._calibrate_entries(entries, [0] * len(entries), threshold_quantile,
                                         source="training samples (no validation set given)")
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
         return report
 
     # ------------------------------------------------------------------ calibration
@@ -284,19 +274,12 @@ class CMDRIAD:
     def calibrate(self, dataset: Sequence[Any], *, quantile: float = 1.0, progress: bool = False,
                   cache=None) -> dict[str, Any]:
         """Set the per-branch thresholds from `dataset` (rule: `calibration`)."""
-        from .features.cache import FeatureCache
+        from .features.store import open_cache
 
-        tmp = None
-        if cache is None:
-            tmp = Path(tempfile.mkdtemp(prefix="cmdr-iad-features-"))
-            cache = FeatureCache(tmp)
-        try:
-            entries = self._cache(dataset, cache, progress, "validation")
+        with open_cache(cache=cache) as c:
+            entries = self._cache(dataset, c, progress, "validation")
             labels = [int(getattr(dataset[i], "label", 0)) for i in range(len(dataset))]
             return self._calibrate_entries(entries, labels, quantile, source="validation samples")
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
 
     def _calibrate_entries(self, entries: Sequence[Any], labels: Sequence[int], quantile: float,
                            source: str) -> dict[str, Any]:

@@ -10,7 +10,11 @@ the on-disk `FeatureCache`, then serve them as training batches or as token sour
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +25,7 @@ from ..fileio import hash_bytes
 from ..progress import progress
 from .extractor import F3D_DIM, Features, SampleRows
 
-__all__ = ["sample_key", "cache_features", "CachedSampleStore", "entry_rows"]
+__all__ = ["sample_key", "open_cache", "cache_features", "CachedSampleStore", "entry_rows"]
 
 
 def sample_key(sample: Any) -> str:
@@ -35,6 +39,25 @@ def sample_key(sample: Any) -> str:
             parts.append(f"{a.dtype.str}{a.shape}".encode())
             parts.append(a.tobytes())
     return hash_bytes(*parts)
+
+
+@contextmanager
+def open_cache(cache_dir: str | Path | None = None, cache: Any = None) -> Iterator[Any]:
+    """The `FeatureCache` to use: ``cache`` when given, else one at ``cache_dir``, else one in a
+    temporary folder that is deleted afterwards."""
+    from .cache import FeatureCache
+
+    if cache is not None:
+        yield cache
+        return
+    if cache_dir is not None:
+        yield FeatureCache(cache_dir)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="cmdr-iad-features-"))
+    try:
+        yield FeatureCache(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _has_points(xyz: torch.Tensor) -> bool:
