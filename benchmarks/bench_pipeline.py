@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cmdr_iad.viz import write_bytes_atomic
+from cmdr_iad.fileio import write_bytes_atomic
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs" / "performance.md"

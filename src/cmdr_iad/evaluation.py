@@ -233,7 +233,7 @@ def write_reports(out_dir: str | Path, evals: Sequence[Evaluation], extra: dict[
     Files are built in a temporary sibling folder and moved into place together, so a failure
     leaves no partial report.
     """
-    from .viz import write_bytes_atomic
+    from .fileio import write_bytes_atomic
 
     out = Path(out_dir)
     doc = summary(evals)

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import viz
 from .evaluation import METRIC_KEYS, Evaluation, pro_curve_svg
+from .fileio import write_text_atomic
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -91,4 +92,4 @@ def build_html(title: str, evals: Sequence[Evaluation], *, examples: Sequence[tu
 
 
 def write_html(path: str | Path, text: str) -> Path:
-    return viz.write_bytes_atomic(path, text.encode("utf-8"))
+    return write_text_atomic(path, text)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import html
 import io
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -166,22 +164,3 @@ def line_plot_svg(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, title
                f'transform="rotate(-90 14 {mt + ph / 2:.1f})">{html.escape(ylabel)}</text>')
     out.append("</svg>")
     return "\n".join(out)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary sibling and a rename."""
-    import tempfile
-
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p

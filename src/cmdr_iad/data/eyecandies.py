@@ -270,8 +270,9 @@ def _done(dst: Path, item: EyecandiesItem) -> bool:
 
 def _convert_one(item: EyecandiesItem, dst: Path, *, light: int, frame: str, scale: float,
                  focal: float) -> None:
+    from ..fileio import atomic_output
     from .image_io import write_mask
-    from .pointcloud_io import atomic_output, write_organized_tiff
+    from .pointcloud_io import write_organized_tiff
 
     smp = load_item(item, light=light, frame=frame, scale=scale, focal=focal)
     out = _outputs(dst, item, smp.defect_type)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatasetError
-from .pointcloud_io import atomic_output
+from ..fileio import atomic_output
 
 
 def _open(path: Path, mode: str) -> np.ndarray:

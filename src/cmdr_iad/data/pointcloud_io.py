@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
+from ..fileio import atomic_output
 
 UNITS = {"m": 1.0, "mm": 1e-3}
 ORGANIZED_EXTS = (".tiff", ".tif", ".npy", ".pcd")
@@ -33,23 +32,6 @@ POINTS_EXTS = (".ply", ".pcd", ".xyz", ".txt", ".pts", ".csv", ".npy", ".tiff", 
 
 
 # ----------------------------------------------------------------------------- helpers
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the same folder; on success it is renamed onto `path`.
-
-    A failure (or interruption) removes the temporary file, so `path` is written whole or not at all.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
 
 def unit_scale(src: str, dst: str = "m") -> float:
     """Factor converting coordinates in unit `src` to unit `dst` ("m" or "mm")."""

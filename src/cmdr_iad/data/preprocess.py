@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, UserInputError
+from ..fileio import TMP_PREFIX, atomic_output
 from .dbscan import largest_cluster_mask
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
 
 MANIFEST_NAME = ".cmdr-iad-preprocess.json"
 MARKER_KEY = "cmdr_iad_preprocess"
-TMP_PREFIX = ".cmdr-iad-tmp-"
 XYZ_SUFFIXES = (".tiff", ".tif")
 
 
@@ -245,20 +244,10 @@ def read_marker(path: Path) -> dict | None:
     return rec.get(MARKER_KEY) if isinstance(rec, dict) else None
 
 
-def _tmp_path(dst: Path) -> Path:
-    return dst.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{dst.name}")
-
-
 def _atomic_write(dst: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: all or nothing."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(dst)
-    try:
+    """``write(tmp)`` then rename onto ``dst`` (`fileio.atomic_output`): all or nothing."""
+    with atomic_output(dst) as tmp:
         write(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_xyz(path: Path, xyz: np.ndarray, record: dict) -> None:

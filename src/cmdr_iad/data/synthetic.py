@@ -29,8 +29,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import UserInputError
+from ..fileio import atomic_output
 from .image_io import write_mask, write_rgb
-from .pointcloud_io import atomic_output, write_organized_tiff
+from .pointcloud_io import write_organized_tiff
 
 SHAPES = ("puck", "ring", "tile", "dome")
 DEFECT_TYPES = {"stain": "rgb", "bump": "xyz", "dent": "xyz", "crack": "rgb+xyz"}

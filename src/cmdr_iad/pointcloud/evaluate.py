@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import EvaluationError, UserInputError
-from ..viz import write_bytes_atomic
+from ..fileio import write_bytes_atomic
 from .chunking import normalize_chunks
 from .dataset import BuildData, load_build
 from .model import ScanModel, load_scan_model

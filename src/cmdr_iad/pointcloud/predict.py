@@ -64,7 +64,7 @@ def predict_points(model: ScanModel, points: np.ndarray, *, batch_size: int = 4)
 
 
 def _save_npy(path: Path, a: np.ndarray) -> None:
-    from ..viz import write_bytes_atomic
+    from ..fileio import write_bytes_atomic
 
     buf = io.BytesIO()
     np.save(buf, a)
@@ -76,7 +76,8 @@ def predict_scan(model: ScanModel | str | os.PathLike, scan_file: str | os.PathL
                  point_mae_weights: str | None = None, allow_download: bool | None = None,
                  log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Score `scan_file` and write the three outputs into `out_dir`; returns the JSON record."""
-    from ..viz import colormap, ply_bytes, scale_map, write_bytes_atomic
+    from ..fileio import write_bytes_atomic
+    from ..viz import colormap, ply_bytes, scale_map
 
     check_extension(scan_file)
     if isinstance(model, ScanModel):
