@@ -9,35 +9,24 @@ failure never leaves a half-written model behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .errors import ArtifactError, UserInputError
+from .fileio import file_sha256, staging_folder
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 def environment_record() -> dict[str, str]:
     """Package, torch and Python versions stored in every artefact."""
     import torch
-
-    from . import __version__
 
     return {"cmdr_iad": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
@@ -51,45 +40,23 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, Any], metadata: di
     from safetensors.torch import save_file
 
     out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
+    if out.exists() and not (out / META_FILE).exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"refusing to overwrite {out}: it is not a cmdr-iad model folder")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        with staging_folder(out) as tmp:
+            clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+            save_file(clean, str(tmp / WEIGHTS_FILE))
+            meta = dict(metadata)
+            meta.update({
+                "format_version": FORMAT_VERSION,
+                "kind": kind,
+                "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
+                "environment": environment_record(),
+            })
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     except OSError as e:
         raise UserInputError(f"cannot write model to {out}: {e.strerror or e}") from e
-    try:
-        clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(clean, str(tmp / WEIGHTS_FILE))
-        meta = dict(metadata)
-        meta.update({
-            "format_version": FORMAT_VERSION,
-            "kind": kind,
-            "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
-            "environment": environment_record(),
-        })
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; a model folder is an ordinary folder
-        if out.exists():
-            if not (out / META_FILE).exists() and any(out.iterdir()):
-                raise UserInputError(f"refusing to overwrite {out}: it is not a cmdr-iad model folder")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished folder `tmp` onto `out`; an existing `out` is removed only afterwards."""
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -124,7 +91,7 @@ def load_artifact(path: str | os.PathLike, kind: str | None = None) -> tuple[dic
     wpath = p / WEIGHTS_FILE
     if not wpath.is_file():
         raise ArtifactError(f"{p} has no {WEIGHTS_FILE}")
-    if sha256_file(wpath) != meta.get("weights_sha256"):
+    if file_sha256(wpath) != meta.get("weights_sha256"):
         raise ArtifactError(f"{wpath} does not match the checksum in {META_FILE} (truncated or replaced)")
     try:
         tensors = load_file(str(wpath))

@@ -85,8 +85,8 @@ def import_official(heads_dir: str | os.PathLike, category: str, *, epochs: int 
                     point_mae_weights=None, random_backbones: bool = False, device: str = "cpu"):
     """Build a paper-preset `CMDRIAD` holding the official heads of `category` (not yet saved)."""
     from . import presets
-    from .artifact import sha256_file
     from .detector import CMDRIAD
+    from .fileio import file_sha256
 
     files = find_official_checkpoints(heads_dir, category, epochs, batch_size)
     state = {head: read_official_checkpoint(p) for head, p in files.items()}
@@ -99,6 +99,6 @@ def import_official(heads_dir: str | os.PathLike, category: str, *, epochs: int 
         "kind": "official-checkpoints",
         "epochs": epochs,
         "batch_size": batch_size,
-        "files": {head: {"file": p.name, "sha256": sha256_file(p)} for head, p in files.items()},
+        "files": {head: {"file": p.name, "sha256": file_sha256(p)} for head, p in files.items()},
     }
     return det

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import DatasetError, UserInputError
 from ..fileio import TMP_PREFIX, atomic_output
 from .dbscan import largest_cluster_mask
@@ -260,8 +261,6 @@ def _write_xyz(path: Path, xyz: np.ndarray, record: dict) -> None:
 
 def preprocess_file(src: Path, dst: Path, config: PreprocessConfig | None = None) -> None:
     """Preprocess one xyz TIFF into `dst` (atomically; `dst` may equal `src`)."""
-    from .. import __version__
-
     cfg = config or PreprocessConfig()
     xyz = _read_xyz(Path(src))
     try:
@@ -309,8 +308,6 @@ def _remove_stray_temps(root: Path) -> None:
 
 def _check_manifest(root: Path, cfg: PreprocessConfig) -> None:
     """Refuse to mix parameters in one output root; record them on first use."""
-    from .. import __version__
-
     path = root / MANIFEST_NAME
     if path.is_file():
         try:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import DatasetError, UserInputError
+from ..fileio import file_sha256, staging_folder
 from .chunking import chunk_labels, chunk_sequential, normalize_chunks
 from .config import BuildConfig
 from .outliers import outlier_mask
@@ -85,18 +85,10 @@ def split_normal(labels: np.ndarray, test_fraction: float = 0.1, seed: int = 42
     return np.sort(tr).astype(np.int64), np.sort(np.concatenate([te, abnormal])).astype(np.int64)
 
 
-def _sha256(path: Path) -> str:
-    from ..artifact import sha256_file
-
-    return sha256_file(path)
-
-
 def _versions() -> dict[str, str]:
     import platform
 
     import sklearn
-
-    from .. import __version__
 
     return {"cmdr_iad": __version__, "numpy": np.__version__, "scikit_learn": sklearn.__version__,
             "python": platform.python_version()}
@@ -135,39 +127,25 @@ def assemble(per_scan: Sequence[ScanChunks], cfg: BuildConfig) -> dict[str, np.n
     }
 
 
-def _prepare_out(out_dir: Path) -> tuple[Path, Path]:
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+def _check_out(out_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise UserInputError(f"output {out_dir} exists and is not a folder")
         if any(out_dir.iterdir()) and not (out_dir / BUILD_FILE).is_file():
             raise UserInputError(f"refusing to overwrite {out_dir}: it is not empty and holds no {BUILD_FILE}")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    except OSError as e:
-        raise UserInputError(f"cannot write to {out_dir}: {e.strerror or e}") from e
-    return parent, tmp
-
-
-def _commit(tmp: Path, out_dir: Path, parent: Path) -> None:
-    from ..artifact import replace_folder
-
-    replace_folder(tmp, out_dir)
 
 
 def write_build(out_dir: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write the arrays and `build.json` atomically (temp folder, then rename)."""
+    """Write the arrays and `build.json` atomically (staging folder swapped into place)."""
     out = Path(out_dir)
-    parent, tmp = _prepare_out(out)
+    _check_out(out)
     try:
-        for name in ARRAYS:
-            np.save(tmp / f"{name}.npy", arrays[name])
-        (tmp / BUILD_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        _commit(tmp, out, parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with staging_folder(out) as tmp:
+            for name in ARRAYS:
+                np.save(tmp / f"{name}.npy", arrays[name])
+            (tmp / BUILD_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    except OSError as e:
+        raise UserInputError(f"cannot write to {out}: {e.strerror or e}") from e
     return out
 
 
@@ -198,7 +176,7 @@ def build_dataset(scans_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg:
                                f"({cfg.chunk_size}); use --skip-short to leave it out")
         sc = chunk_scan(pts, cfg)
         per_scan.append(sc)
-        sources.append({"name": ref.name, "file": rel, "sha256": _sha256(ref.path),
+        sources.append({"name": ref.name, "file": rel, "sha256": file_sha256(ref.path),
                         "points": int(len(pts)), "flagged": sc.n_flagged, "chunks": int(len(sc.labels)),
                         "anomalous_chunks": int(sc.labels.sum()), "dropped_tail": sc.n_dropped})
     if not per_scan:
