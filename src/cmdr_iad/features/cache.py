@@ -18,7 +18,6 @@ SHA-256); a damaged entry is deleted and treated as missing. Any change of the e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
+from ..fileio import file_sha256, hash_bytes, write_json_atomic
 from .extractor import Features
 
 __all__ = ["FeatureCache", "CachedFeatures", "hash_files", "hash_bytes"]
@@ -40,15 +40,6 @@ __all__ = ["FeatureCache", "CachedFeatures", "hash_files", "hash_bytes"]
 CACHE_FORMAT = 1
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 _ARRAYS = ("f2d", "f3d", "valid")
-
-
-def hash_bytes(*chunks: bytes) -> str:
-    """SHA-256 over length-prefixed byte chunks (so ("ab","c") ≠ ("a","bc"))."""
-    h = hashlib.sha256()
-    for c in chunks:
-        h.update(len(c).to_bytes(8, "little"))
-        h.update(c)
-    return h.hexdigest()
 
 
 def hash_files(paths: Iterable[str | os.PathLike | None], extra: str = "") -> str:
@@ -62,23 +53,11 @@ def hash_files(paths: Iterable[str | os.PathLike | None], extra: str = "") -> st
         if p is None:
             parts.append(b"<none>")
             continue
-        h = hashlib.sha256()
         try:
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
+            parts.append(bytes.fromhex(file_sha256(p)))
         except OSError as e:
             raise UserInputError(f"cannot read {p} to hash it for the feature cache: {e}") from e
-        parts.append(h.digest())
     return hash_bytes(*parts)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -158,7 +137,7 @@ class FeatureCache:
             f = path / f"{name}.npy"
             if f.stat().st_size != info["nbytes_file"]:
                 raise ValueError(f"{f} has the wrong size (truncated?)")
-            if self.verify and _file_sha256(f) != info["sha256"]:
+            if self.verify and file_sha256(f) != info["sha256"]:
                 raise ValueError(f"{f} fails its checksum")
             a = np.load(f, mmap_mode="r", allow_pickle=False)
             if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"]:
@@ -198,7 +177,7 @@ class FeatureCache:
                     os.fsync(fh.fileno())
                 meta["arrays"][name] = {"shape": list(a.shape), "dtype": a.dtype.str,
                                         "nbytes_file": f.stat().st_size,
-                                        "sha256": _file_sha256(f)}
+                                        "sha256": file_sha256(f)}
             with open(tmp / "meta.json", "w") as fh:  # written last: marks a complete entry
                 json.dump(meta, fh, indent=1)
                 fh.flush()
@@ -234,15 +213,8 @@ class FeatureCache:
 
     def _write_identity(self, folder: Path, identity: dict[str, Any]) -> None:
         f = folder / "identity.json"
-        if f.is_file() or not identity:
-            return
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".identity.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(identity, fh, indent=1, sort_keys=True, default=str)
-            os.replace(tmp, f)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        if not f.is_file() and identity:
+            write_json_atomic(f, identity, indent=1)
 
     def put_batch(self, sample_keys: list[str], extractor_key: str,
                   features: Features) -> list[CachedFeatures]:

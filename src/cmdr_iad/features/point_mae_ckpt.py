@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
+from ..fileio import atomic_output
 from .point_mae import PointMAE
 
 __all__ = [
@@ -140,13 +140,6 @@ def write_release_checkpoint(state_dict: Mapping[str, Tensor], path: str | os.Pa
             "module.MAE_decoder.blocks.0.norm1.weight": torch.ones(384),
             "module.increase_dim.0.weight": torch.zeros(96, 384, 1),
         })
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save({"base_model": base, "epoch": 300}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

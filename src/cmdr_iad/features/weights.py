@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import fileio
 from ..errors import WeightsError
 
 __all__ = [
@@ -215,39 +215,9 @@ def offline() -> bool:
 
 
 def file_sha256(path: str | os.PathLike, *, use_stamp: bool = True) -> str:
-    """SHA-256 of a file's bytes.
-
-    With `use_stamp`, the result is remembered in a sidecar `<file>.sha256` together with the
-    file's size and mtime, so a large cached file is hashed once, not on every run.
-    """
-    p = Path(path)
-    st = p.stat()
-    stamp = p.with_name(p.name + ".sha256")
-    sig = f"{st.st_size} {st.st_mtime_ns}"
-    if use_stamp and stamp.is_file():
-        try:
-            digest, rest = stamp.read_text().strip().split(" ", 1)
-            if rest == sig and len(digest) == 64:
-                return digest
-        except (OSError, ValueError):
-            pass
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    if use_stamp:
-        try:
-            _atomic_write_text(stamp, f"{digest} {sig}\n")
-        except OSError:  # read-only folder: fine, just not remembered
-            pass
-    return digest
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    from ..viz import write_bytes_atomic
-
-    write_bytes_atomic(path, text.encode())
+    """SHA-256 of a weights file, remembered in a ``<file>.sha256`` stamp (size + mtime) so a
+    large file is hashed once (`cmdr_iad.fileio.file_sha256`)."""
+    return fileio.file_sha256(path, use_stamp=use_stamp)
 
 
 def _identity_for_file(spec: WeightSpec, path: Path, *, stamp: bool = True) -> WeightIdentity:
@@ -339,10 +309,7 @@ def download_weights(spec: WeightSpec, *, dest_dir: Path | None = None,
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsError(f"cannot create the weights folder {folder}: {e}") from e
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{spec.filename}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with fileio.atomic_output(target) as tmp:  # the verified file appears whole, or not at all
         try:
             (fetcher or _urllib_fetch)(spec.url, tmp)
         except OSError as e:  # URLError, HTTPError, timeouts, disk full ...
@@ -352,14 +319,11 @@ def download_weights(spec: WeightSpec, *, dest_dir: Path | None = None,
             raise WeightsError(
                 f"downloaded {spec.url} but its SHA-256 is {digest}, expected {spec.sha256}; "
                 f"the file was discarded. Retry, or download it by hand into {target}.")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     ident = WeightIdentity(kind=spec.kind, file=target.name, sha256=spec.sha256, official=True)
     try:  # remember the verified digest so the next run does not hash the file again
         st = target.stat()
-        _atomic_write_text(target.with_name(target.name + ".sha256"),
-                           f"{spec.sha256} {st.st_size} {st.st_mtime_ns}\n")
+        fileio.write_text_atomic(target.with_name(target.name + ".sha256"),
+                                 f"{spec.sha256} {st.st_size} {st.st_mtime_ns}\n")
     except OSError:
         pass
     return ResolvedWeights(target, "download", ident)
