@@ -31,6 +31,7 @@ __all__ = [
     "write_text_atomic",
     "write_json_atomic",
     "staging_folder",
+    "staged_files",
     "replace_folder",
     "check_writable",
     "hash_bytes",
@@ -111,6 +112,31 @@ def staging_folder(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged_files(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder; on success its entries appear in ``out``, on failure none.
+
+    A new ``out`` is built beside its place and renamed in (:func:`staging_folder`); into an
+    existing ``out`` the entries are moved one by one (each rename atomic) from a hidden staging
+    folder inside it, replacing entries of the same name.
+    """
+    o = Path(out)
+    if not o.exists():
+        with staging_folder(o) as stage:
+            yield stage
+        return
+    stage = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stage-", dir=o))
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            target = o / f.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(f, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def replace_folder(tmp: Path, out: Path) -> None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..fileio import TMP_PREFIX, staging_folder
+from ..fileio import staged_files
 from .common import require_writable
 
 RANDOM_NOTICE = ("RANDOM BACKBONES: the DINO / Point-MAE encoders are randomly initialised, not "
@@ -33,27 +30,11 @@ def say(args, msg: str) -> None:
 
 @contextmanager
 def staged_outputs(out: Path) -> Iterator[Path]:
-    """Yield an empty staging folder; on success its files appear in `out`, on failure nothing does.
-
-    A new `out` is built beside its place and renamed in (`fileio.staging_folder`); into an
-    existing `out` the files are moved one by one from a hidden staging folder inside it.
-    Writability is checked first (exit 2, nothing created).
-    """
+    """Yield an empty staging folder; on success its files appear in `out`, on failure nothing
+    does (`fileio.staged_files`). Writability is checked first (exit 2, nothing created)."""
     require_writable(out, "output folder")
-    if not out.exists():
-        with staging_folder(out) as stage:
-            yield stage
-        return
-    stage = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}stage-", dir=out))
-    try:
+    with staged_files(out) as stage:
         yield stage
-        for f in sorted(stage.iterdir()):
-            target = out / f.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(f, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def require_path(p: str | None, what: str) -> Path | None:
