@@ -250,7 +250,7 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
         preset=preset, modality=modality, device=str(dev), batch_size=batch_size,
         samples=len(data), threads=n_threads, heads=heads, precision=precision, compiled=compiled,
         seconds_per_sample=sps, fps=1.0 / sps, peak_memory_mb=peak,
-        memory_kind="cuda_max_allocated" if dev.type == "cuda" else "cpu_peak_rss",
+        memory_kind=mem.kind,
         flops_per_sample=flops["total"], flops_by_part=flops, matmul_gflops=mm,
         matmul_gflops_before=mm_before, matmul_gflops_after=mm_after,
         matmul_fraction=flops["total"] / (sps * mm * 1e9), resident_mb_after_build=resident,

@@ -96,9 +96,9 @@ def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", categ
         raise UserInputError("the test set is empty")
     maps, gts, labels, scores, branches, examples = [], [], [], [], [], []
     want = _example_indices(dataset, keep_examples)
-    if det.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(det.device)
     _ = det.extractor  # build the backbones outside the timed loop
+    mem = PeakMemory(det.device)
+    mem.reset()
     t0 = time.perf_counter()
     for i, r in enumerate(det.predict_many((dataset[j] for j in range(n)), batch_size=batch_size,
                                            progress=progress, total=n)):
@@ -113,8 +113,7 @@ def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", categ
     elapsed = time.perf_counter() - t0
     metrics, curve = compute_metrics(np.stack(maps), np.stack(gts), np.asarray(labels),
                                      np.asarray(scores))
-    peak = PeakMemory(det.device).peak_mb()  # process-lifetime peak on CPU (not reset here)
-    kind = "cuda max_memory_allocated" if det.device.type == "cuda" else "process peak RSS"
+    peak, kind = mem.peak_mb(), mem.kind
     fallback = sum(b != det.modality for b in branches)
     metrics.update({
         "n": n, "n_defective": int(np.sum(np.asarray(labels) == 1)),

@@ -76,6 +76,14 @@ class PeakMemory:
         self.device = torch.device(device)
         self.resettable = True
 
+    @property
+    def kind(self) -> str:
+        """What :meth:`peak_mb` measures: "cuda_max_allocated", "cpu_peak_rss" (since
+        :meth:`reset`) or "cpu_process_peak_rss" (the kernel refused the reset)."""
+        if self.device.type == "cuda":
+            return "cuda_max_allocated"
+        return "cpu_peak_rss" if self.resettable else "cpu_process_peak_rss"
+
     def rss_mb(self) -> float:
         v = _status_mb("VmRSS")
         if v is None:

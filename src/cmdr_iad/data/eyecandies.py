@@ -314,12 +314,10 @@ def convert_eyecandies(src: str | Path, dst: str | Path, *, categories: Iterable
     if not items:
         raise DatasetError(f"{src}: no Eyecandies samples found (no <id>_depth.png files)")
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from ..progress import progress as progress_bar
 
     report = ConvertReport()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  disable=not progress) as bar:
-        tid = bar.add_task("convert", total=len(items))
+    with progress_bar(len(items), "convert", enabled=progress) as bar:
         for k, item in enumerate(items):
             key = f"{item.category}/{item.split}/{item.sample_id}"
             if _done(dst, item):
@@ -330,7 +328,7 @@ def convert_eyecandies(src: str | Path, dst: str | Path, *, categories: Iterable
                     report.converted.append(key)
                 except DatasetError as e:
                     report.failed.append((key, str(e)))
-            bar.advance(tid)
+            bar.advance()
             if on_item is not None:
                 on_item(k + 1, len(items))
     return report

@@ -400,24 +400,15 @@ def preprocess_dataset(src: str | Path, dst: str | Path | None = None, *, in_pla
             report.failed.append((task.rel, err or "failed"))
             report.internal_errors += 0 if bad_input else 1
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from ..progress import progress as progress_bar
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        tid = bar.add_task("preprocess", total=len(todo))
+    with progress_bar(len(todo), "preprocess", enabled=progress) as bar:
         if workers == 1 or len(todo) <= 1:
             for task in todo:
                 record(task, _run_task(task, cfg))
-                bar.advance(tid)
+                bar.advance()
         else:
-            _run_pool(todo, cfg, workers, record, lambda: bar.advance(tid))
+            _run_pool(todo, cfg, workers, record, bar.advance)
     for key in ("processed", "copied", "skipped"):
         getattr(report, key).sort()
     report.failed.sort()

@@ -29,6 +29,8 @@ import torch
 
 from ..errors import EvaluationError, UserInputError
 from ..fileio import write_bytes_atomic
+from ..machine import sync
+from ..memory import PeakMemory
 from .chunking import normalize_chunks
 from .dataset import BuildData, load_build
 from .model import ScanModel, load_scan_model
@@ -64,25 +66,6 @@ def metric_values(labels: np.ndarray, image_scores: np.ndarray, maps: np.ndarray
     return out, reasons
 
 
-def _peak_memory_start(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "cpu_process_peak_rss"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def evaluate_scan_model(model: ScanModel | str | os.PathLike, build: BuildData | str | os.PathLike,
                         report_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
                         batch_size: int = 1, point_mae_weights: str | None = None,
@@ -110,25 +93,25 @@ def evaluate_scan_model(model: ScanModel | str | os.PathLike, build: BuildData |
     maps = np.zeros((k, s, s), dtype=np.float32)
     scores = np.zeros(k, dtype=np.float64)
 
-    from rich.progress import Progress
+    from ..progress import progress as progress_bar
 
     # warm-up (lazy initialisation, kernels), not timed
     m.score(normalize_chunks(raw[test_idx[:batch_size]]))
-    _peak_memory_start(dev)
+    mem = PeakMemory(dev)
+    mem.reset()
     elapsed = 0.0
-    with Progress(transient=True, disable=not progress) as prog:
-        task = prog.add_task("evaluate", total=k)
+    with progress_bar(k, "evaluate", enabled=progress) as prog:
         for b0 in range(0, k, batch_size):
             idx = test_idx[b0:b0 + batch_size]
-            _sync(dev)
+            sync(dev)
             t0 = time.perf_counter()
             res = m.score(normalize_chunks(raw[idx]))
-            _sync(dev)
+            sync(dev)
             elapsed += time.perf_counter() - t0
             maps[b0:b0 + len(idx)] = res.anomaly_map.cpu().numpy()
             scores[b0:b0 + len(idx)] = res.image_score.cpu().numpy()
-            prog.advance(task, len(idx))
-    peak, mem_kind = _peak_memory_mb(dev)
+            prog.advance(len(idx))
+    peak, mem_kind = mem.peak_mb(), mem.kind
     values, reasons = metric_values(labels, scores, maps, gts)
     thr = m.threshold
     decided = None

@@ -49,16 +49,6 @@ def calibrate_threshold(scores: np.ndarray, sigmas: float) -> float:
     return float(s.mean() + sigmas * s.std()) if len(s) else float("nan")
 
 
-def _progress_extract(total: int, enabled: bool) -> tuple[Any, Callable[[int], None]]:
-    from rich.progress import Progress
-
-    if not enabled:
-        return None, lambda k: None
-    prog = Progress(transient=True)
-    task = prog.add_task("features", total=total)
-    return prog, lambda k: prog.advance(task, k)
-
-
 def train_scan_model(build: BuildData | str | os.PathLike, out_dir: str | os.PathLike,
                      cfg: ScanModelConfig, *, point_mae_weights: str | None = None,
                      random_backbones: bool = False, backbone_seed: int = 0,
@@ -89,15 +79,11 @@ def train_scan_model(build: BuildData | str | os.PathLike, out_dir: str | os.Pat
         cache = FeatureCache(root, dtype=cfg.feature_dtype)
         if log:
             log(f"feature cache: {root}")
-    prog, step = _progress_extract(len(train_norm), progress)
-    if prog is not None:
-        prog.start()
-    try:
+    from ..progress import progress as progress_bar
+
+    with progress_bar(len(train_norm), "features", enabled=progress) as bar:
         store: ChunkFeatureStore = extract_chunks(extractor, train_norm, batch_size=cfg.batch_size,
-                                                  cache=cache, on_batch=step)
-    finally:
-        if prog is not None:
-            prog.stop()
+                                                  cache=cache, on_batch=bar.advance)
     t_feat = time.perf_counter() - t0
 
     decoder = new_decoder(cfg, seed=cfg.seed)
