@@ -75,7 +75,7 @@ def benchmark_samples(count: int, *, size: int = 800, seed: int = 0, distinct: i
     """``count`` raw samples like MVTec 3D-AD test samples: synthetic scans (``size``² pixels,
     like the 800×800 MVTec 3D-AD captures) with the table plane removed by the dataset
     preprocessing (as the paper's data), cycling over ``distinct`` generated scans."""
-    from .data.preprocess import preprocess_cloud
+    from .data.cloud_prep import preprocess_cloud
     from .data.sample import Sample
     from .data.synthetic import SHAPES, synth_sample
 
