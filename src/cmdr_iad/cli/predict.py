@@ -11,11 +11,7 @@ All files are written only when every sample succeeded.
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
-
-import numpy as np
 
 from .common import add_device, add_quiet, add_units, resolve_device
 
@@ -81,54 +77,12 @@ def collect_inputs(args) -> list[tuple[str, Path | None, Path | None, Path | Non
     return [(stem, rgb, xyz, gt)]
 
 
-def _tiff_bytes(a: np.ndarray) -> bytes:
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.ascontiguousarray(a, dtype=np.float32), compression="zlib",
-                     photometric="minisblack")
-    return buf.getvalue()
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
-
-
 def write_outputs(stage: Path, stem: str, res, sample, det, args, model_dir: Path) -> dict:
-    from .. import viz
+    """Write one prediction's files (`outputs.prediction_files`) into ``stage``; returns the record."""
+    from ..outputs import prediction_files
 
-    lo, hi = det.heatmap_range(res.branch)
-    files = {}
-    amap = res.anomaly_map
-    if args.map_format == "tiff":
-        files[f"{stem}_anomaly.tiff"] = _tiff_bytes(amap)
-    else:
-        files[f"{stem}_anomaly.npy"] = _npy_bytes(amap.astype(np.float32))
-    base = sample.rgb if sample.rgb is not None else (
-        viz.depth_image(sample.xyz) if sample.xyz is not None else None)
-    files[f"{stem}_overlay.png"] = viz.png_bytes(viz.overlay(base, amap, lo, hi))
-    if sample.xyz is not None and np.any(sample.xyz != 0):
-        pts, cols = viz.coloured_points(sample.xyz, amap, lo, hi)
-        valid = np.any(sample.xyz != 0, axis=-1)
-        files[f"{stem}.ply"] = viz.ply_bytes(pts, cols, amap[valid].astype(np.float32))
-    if args.save_raw:
-        files[f"{stem}_map.npy"] = _npy_bytes(res.map_grid.astype(np.float32))
-    record = res.to_json()
-    record.update({
-        "model": str(model_dir), "modality_of_model": det.modality, "preset": det.config.preset,
-        "random_backbones": det.random_backbones,
-        "inputs": {"rgb": None if sample.rgb_path is None else str(sample.rgb_path),
-                   "xyz": None if sample.xyz_path is None else str(sample.xyz_path)},
-        "label": None if sample.gt is None else int(sample.label),
-        "files": sorted(files),
-    })
-    if det.random_backbones:
-        record["notes"].append("RANDOM BACKBONES: scores are not meaningful")
-    if res.is_anomalous is None:
-        record["notes"].append("the model has no calibrated threshold: no decision")
-    files[f"{stem}.json"] = json.dumps(record, indent=2).encode()
+    files, record = prediction_files(stem, res, sample, det, str(model_dir),
+                                     map_format=args.map_format, save_raw=args.save_raw)
     for name, data in files.items():
         (stage / name).write_bytes(data)
     return record
