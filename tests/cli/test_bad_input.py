@@ -145,8 +145,18 @@ def test_predict_rejects_a_bad_file_before_loading_the_model(cli, bad_input, dat
     bad_input(["predict", stub_model, "--rgb", folder / "rgb" / "000.png",
                            "--xyz", folder / "xyz" / "000.tiff", "--out", tmp_path / "pred"],
                      names=named, watch=[data, stub_model, tmp_path])
-    bad_input(["predict", stub_model, "--input", folder, "--out", tmp_path / "pred"],
-                     names=named, watch=[data, stub_model, tmp_path])
+    # a folder whose every sample is bad: every file is read first, the model is never loaded,
+    # the failures are recorded (predictions.jsonl / .csv) and nothing else is written
+    one = tmp_path / "one"
+    for sub in ("rgb", "xyz"):
+        (one / sub).mkdir(parents=True)
+        src = next((folder / sub).glob("000.*"))
+        (one / sub / src.name).write_bytes(src.read_bytes())
+    pred = tmp_path / "pred-folder"
+    line = bad_input(["predict", stub_model, "--input", one, "--out", pred],
+                     names=Path(str(named).replace(str(folder), str(one))), watch=[data, stub_model])
+    assert "1 of 1 samples could not be scored" in line
+    assert sorted(p.name for p in pred.iterdir()) == ["predictions.csv", "predictions.jsonl"]
 
 
 def test_predict_and_evaluate_name_a_broken_model_folder(cli, bad_input, data, tmp_path, no_work):

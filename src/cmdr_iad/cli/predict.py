@@ -1,16 +1,21 @@
 """`cmdr-iad predict`: score one sample or a folder of samples with a trained model.
 
-Per sample (stem = the RGB file's stem, or the xyz file's without RGB) in OUT:
+Per sample (stem = the RGB file's stem, or the xyz file's without RGB) in OUT (files:
+`cmdr_iad.outputs`):
 `<stem>.json` (score, decision, threshold, branch, missing-modality notes), `<stem>_anomaly.tiff`
 (or `.npy`: the anomaly map at the original resolution, float32), `<stem>_overlay.png`
 (heatmap over the RGB image, or over a depth rendering), `<stem>.ply` (valid points coloured by
 anomaly, with an `anomaly` property) when a point cloud is given, and with `--save-raw`
 `<stem>_map.npy` (the smoothed fused map Ψ at grid resolution, before any normalisation).
-All files are written only when every sample succeeded.
+One sample (--rgb/--xyz): its files are written only when it succeeded. A folder (--input):
+samples are read, scored and written one at a time; OUT/predictions.jsonl gets one line per
+sample (or its error) and OUT/predictions.csv the table; a bad sample is recorded and skipped
+(exit 2 with one summary line at the end); a rerun skips the samples already done.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .common import add_device, add_quiet, add_units, resolve_device
@@ -33,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--save-raw", action="store_true", help="also write <stem>_map.npy (Ψ at grid size)")
     p.add_argument("--map-format", default="tiff", choices=("tiff", "npy"))
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)  # samples stream one by one
     p.add_argument("--dino-weights", metavar="FILE", default=None)
     p.add_argument("--point-mae-weights", metavar="FILE", default=None)
     add_units(p)
@@ -111,21 +116,68 @@ def run(args) -> int:
     if len(set(stems)) != len(stems):
         raise UserInputError("two inputs share a file stem; their outputs would collide")
     out = require_writable(args.out, "output folder")
-    # every input is read (and checked) before the model and its backbones are loaded
+    if args.input is not None:
+        return _run_folder(args, inputs, out, model_dir)
+    # the sample is read (and checked) before the model and its backbones are loaded
     samples = [load_sample(r, x, g, units=args.units, require_points=False, key=s)
                for s, r, x, g in inputs]
     det = load_detector(model_dir, args)
     with staged_outputs(out) as stage:
-        records = []
-        results = det.predict_many(samples, batch_size=args.batch_size,
-                                   progress=not args.quiet and len(samples) > 1, total=len(samples))
-        for (stem, *_), sample, res in zip(inputs, samples, results, strict=True):
-            records.append(write_outputs(stage, stem, res, sample, det, args, model_dir))
+        records = [write_outputs(stage, stem, res, sample, det, args, model_dir)
+                   for (stem, *_), sample, res in zip(inputs, samples, det.predict_many(samples),
+                                                      strict=True)]
     for r in records:
-        verdict = {None: "no threshold", True: "ANOMALOUS", False: "normal"}[r["is_anomalous"]]
-        note = f"  [{'; '.join(r['notes'])}]" if r["notes"] else ""
-        say(args, f"{r['key']}: score {r['score']:.4f} → {verdict}{note}")
+        _say_record(args, r)
     say(args, f"wrote {len(records)} prediction(s) to {out}")
     if det.random_backbones:
         loud(RANDOM_NOTICE)
+    return 0
+
+
+def _say_record(args, r: dict) -> None:
+    from ._workflow import say
+
+    verdict = {None: "no threshold", True: "ANOMALOUS", False: "normal"}[r["is_anomalous"]]
+    note = f"  [{'; '.join(r['notes'])}]" if r.get("notes") else ""
+    say(args, f"{r.get('key', r.get('stem'))}: score {r['score']:.4f} → {verdict}{note}")
+
+
+def _run_folder(args, inputs, out: Path, model_dir: Path) -> int:
+    """`--input DIR`: stream the samples one by one (`batch.predict_folder`)."""
+    import sys
+
+    from ..batch import (
+        CSV,
+        JSONL,
+        BatchReport,
+        check_inputs,
+        done_stems,
+        predict_folder,
+        record_failures,
+    )
+    from ._workflow import RANDOM_NOTICE, load_detector, say
+
+    out.mkdir(parents=True, exist_ok=True)
+    done = done_stems(out) & {s for s, *_ in inputs}
+    if len(done) == len(inputs):
+        say(args, f"all {len(inputs)} sample(s) are already in {out / JSONL}: nothing to do")
+        return 0
+    bad = check_inputs(inputs, args.units, skip=done)  # every file read before the model loads
+    if len(bad) + len(done) == len(inputs):  # nothing left to score: the model is not loaded
+        record_failures(out, bad)
+        report = BatchReport(skipped=sorted(done), failed=list(bad.items()))
+        print(f"cmdr-iad: error: {report.summary()}", file=sys.stderr)
+        return 2
+    det = load_detector(model_dir, args)
+    report = predict_folder(det, inputs, out, model=str(model_dir), units=args.units,
+                            map_format=args.map_format, save_raw=args.save_raw,
+                            show_progress=not args.quiet, known_bad=bad)
+    say(args, f"{len(report.scored)} scored, {len(report.skipped)} already done, "
+              f"{len(report.failed)} failed → {out / JSONL}, {out / CSV}")
+    if det.random_backbones:
+        print(RANDOM_NOTICE)  # stdout: stderr is kept for the one-line failure summary
+    line = report.summary()
+    if line:
+        print(f"cmdr-iad: error: {line}", file=sys.stderr)
+        return 2
     return 0
