@@ -28,6 +28,7 @@ VERB_MODULES = (
     "import_official",
     "pointcloud",
     "benchmark",
+    "serve",
     "weights",
 )
 

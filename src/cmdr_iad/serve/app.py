@@ -1,12 +1,10 @@
 """The FastAPI application of `cmdr-iad serve` (see the package docstring and the README).
 
-`create_app(model_dir, ...)` returns the app; the model is loaded and warmed up in a background
+Needs the ``[serve]`` extra (imported here, not by the package). `create_app(config)` returns the app; the model is loaded and warmed up in a background
 thread at start-up, so `/healthz` answers at once and `/readyz` turns 200 when the model is ready.
 Every prediction runs on the single inference worker through `CMDRIAD.predict` (the one inference
 path); its files are rendered by `cmdr_iad.outputs`, exactly as `cmdr-iad predict` writes them.
 """
-
-from __future__ import annotations
 
 import asyncio
 import threading
@@ -17,6 +15,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CmdrIadError
 from .results import ResultStore, Stored, valid_id
@@ -154,12 +158,6 @@ def _model_info(state: _State) -> dict[str, Any]:
 
 def create_app(cfg: ServeConfig, *, load_in_background: bool = True):
     """The FastAPI app serving the model of ``cfg.model_dir``."""
-    from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     state = _State(cfg)
     registry, m = _metrics()
     limit = int(cfg.max_upload_mb * 2**20)
