@@ -65,5 +65,20 @@ def run(args: argparse.Namespace) -> int:
                                  point_mae_weights=args.point_mae_weights))
     print(f"cmdr-iad serve: {model_dir} on http://{args.host}:{args.port}/ (ready when /readyz is 200)",
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=120)
+    import signal
+
+    stopped: list[int] = []
+    # uvicorn answers SIGTERM/SIGINT gracefully (stop taking requests, finish those in flight,
+    # shut the worker down), then re-raises the signal to the handler that was there before it:
+    # this one, so that a requested stop ends with exit status 0.
+    previous = {s: signal.signal(s, lambda signum, frame: stopped.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=120)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if stopped:
+        print(f"cmdr-iad serve: stopped by signal {stopped[0]}", flush=True)
     return 0
