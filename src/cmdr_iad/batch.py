@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from .errors import CmdrIadError
 from .fileio import write_bytes_atomic, write_text_atomic
 from .progress import progress as progress_bar
 
-__all__ = ["JSONL", "CSV", "BatchReport", "check_inputs", "predict_folder", "done_stems",
+__all__ = ["JSONL", "CSV", "BatchReport", "check_inputs", "stream", "predict_folder", "done_stems",
            "record_failures"]
 
 JSONL = "predictions.jsonl"
@@ -123,23 +123,24 @@ def record_failures(out: str | os.PathLike, failures: dict[str, str]) -> None:
     _write_csv(o)
 
 
-def predict_folder(det: Any, inputs: Sequence[tuple[str, Any, Any, Any]], out: str | os.PathLike, *,
-                   model: str, units: str = "m", map_format: str = "tiff", save_raw: bool = False,
-                   show_progress: bool = True, known_bad: dict[str, str] | None = None) -> BatchReport:
-    """Score ``inputs`` — (stem, rgb path, xyz path, gt path) — one by one into ``out``.
+def stream(items: Sequence[tuple[str, Any]], out: str | os.PathLike,
+           process: Callable[[str, Any], dict[str, Any]], *, show_progress: bool = True,
+           known_bad: dict[str, str] | None = None, where: Callable[[Any], str] = str) -> BatchReport:
+    """Run ``process(stem, item)`` for each (stem, item) not yet done in ``out``, one at a time.
 
-    known_bad: {stem: problem} found by :func:`check_inputs`; recorded, not read again.
+    ``process`` writes the sample's files atomically (its JSON last) and returns its JSONL record
+    (``status`` "ok" is added); a user-input error (`CmdrIadError` with exit code 2) is recorded
+    as the sample's error and the batch goes on; any other exception propagates (our bug).
+    known_bad: {stem: problem} found beforehand (`check_inputs`), recorded without retrying;
+    where(item): the file to name in an error message that does not name one.
     """
-    from .data.folder import load_sample
-    from .outputs import prediction_files
-
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     done = done_stems(o)
     known_bad = dict(known_bad or {})
     report = BatchReport()
-    with progress_bar(len(inputs), "predict", enabled=show_progress) as bar:
-        for stem, rgb, xyz, gt in inputs:
+    with progress_bar(len(items), "predict", enabled=show_progress) as bar:
+        for stem, item in items:
             if stem in done:
                 report.skipped.append(stem)
                 bar.advance()
@@ -150,27 +151,44 @@ def predict_folder(det: Any, inputs: Sequence[tuple[str, Any, Any, Any]], out: s
                 bar.advance()
                 continue
             try:
-                sample = load_sample(rgb, xyz, gt, units=units, require_points=False, key=stem)
-                res = det.predict(sample)
-                files, record = prediction_files(stem, res, sample, det, model,
-                                                 map_format=map_format, save_raw=save_raw)
-                json_name = f"{stem}.json"
-                for name, data in files.items():
-                    if name != json_name:
-                        write_bytes_atomic(o / name, data)
-                write_bytes_atomic(o / json_name, files[json_name])  # last: marks the sample done
+                rec = process(stem, item)
             except CmdrIadError as e:  # bad input: recorded, the batch goes on
                 if e.exit_code != 2:
                     raise
-                msg = _message(e, rgb, xyz)
+                msg = str(e) if where(item) in str(e) else f"{where(item)}: {e}"
                 report.failed.append((stem, msg))
                 _append(o, {"stem": stem, "status": "error", "error": msg})
             else:
                 report.scored.append(stem)
-                _append(o, {"stem": stem, "status": "ok", "files": record["files"],
-                            "score": record["score"], "is_anomalous": record["is_anomalous"],
-                            "threshold": record["threshold"], "branch": record["branch"],
-                            "missing_modality": record["missing_modality"]})
+                _append(o, {"stem": stem, "status": "ok", **rec})
             bar.advance(info=stem)
     _write_csv(o)
     return report
+
+
+def predict_folder(det: Any, inputs: Sequence[tuple[str, Any, Any, Any]], out: str | os.PathLike, *,
+                   model: str, units: str = "m", map_format: str = "tiff", save_raw: bool = False,
+                   show_progress: bool = True, known_bad: dict[str, str] | None = None) -> BatchReport:
+    """Score ``inputs`` — (stem, rgb path, xyz path, gt path) — one by one into ``out``
+    (:func:`stream` with the detector's `predict` and `outputs.prediction_files`)."""
+    from .data.folder import load_sample
+    from .outputs import prediction_files
+
+    o = Path(out)
+
+    def one(stem: str, paths: tuple[Any, Any, Any]) -> dict[str, Any]:
+        rgb, xyz, gt = paths
+        sample = load_sample(rgb, xyz, gt, units=units, require_points=False, key=stem)
+        files, record = prediction_files(stem, det.predict(sample), sample, det, model,
+                                         map_format=map_format, save_raw=save_raw)
+        json_name = f"{stem}.json"
+        for name, data in files.items():
+            if name != json_name:
+                write_bytes_atomic(o / name, data)
+        write_bytes_atomic(o / json_name, files[json_name])  # last: marks the sample done
+        return {k: record[k] for k in ("files", "score", "is_anomalous", "threshold", "branch",
+                                       "missing_modality")}
+
+    return stream([(stem, (rgb, xyz, gt)) for stem, rgb, xyz, gt in inputs], o, one,
+                  show_progress=show_progress, known_bad=known_bad,
+                  where=lambda p: str(p[1] or p[0]))

@@ -103,6 +103,25 @@ def test_build_train_evaluate_predict(tmp_path, scans, scan_factory, capsys):
     _bad_input(capsys, "pointcloud", "predict", str(model), str(tmp_path / "nan.npy"), "--out",
                str(pred), match="NaN")
 
+    # a folder of scans, streamed: the bad one is recorded and skipped, the others written
+    folder, streamed = tmp_path / "folder", tmp_path / "streamed"
+    folder.mkdir()
+    write_xyz(folder / "new.xyz", scan)
+    write_npy(folder / "other.npy", scan_factory(8))
+    write_npy(folder / "short.npy", scan[:500])
+    rc, out, err = _run(capsys, "pointcloud", "predict", str(model), "--input", str(folder), "--out",
+                        str(streamed), "--device", "cpu", "--quiet")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "1 of 3 samples" in err, err
+    assert "short.npy" in err and "fewer than one chunk" in err
+    lines = [json.loads(x) for x in (streamed / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["stem"], r["status"]) for r in lines] == [("new", "ok"), ("other", "ok"), ("short", "error")]
+    np.testing.assert_array_equal(np.load(streamed / "new_scores.npy"), scores)  # same as one by one
+    assert (streamed / "predictions.csv").read_text().count("\n") == 4
+    mtime = (streamed / "new.json").stat().st_mtime_ns
+    rc, out, err = _run(capsys, "pointcloud", "predict", str(model), "--input", str(folder), "--out",
+                        str(streamed), "--device", "cpu", "--quiet")
+    assert rc == 2 and (streamed / "new.json").stat().st_mtime_ns == mtime  # the done ones are skipped
+
 
 def _one_scan_dir(tmp_path, name: str, writer) -> str:
     d = tmp_path / "bad"

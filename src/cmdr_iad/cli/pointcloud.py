@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ._workflow import require_weight_files
 from .common import (
@@ -130,9 +131,14 @@ def register(subparsers) -> None:
                             "Score every point of SCAN_FILE (input order; the tail is covered by one "
                             "chunk aligned to the end of the scan) and write DIR/<stem>_scores.npy, "
                             "DIR/<stem>.ply (coloured by score) and DIR/<stem>.json (per-chunk scores "
-                            "and decisions, scan decision, threshold, model identity)."))
+                            "and decisions, scan decision, threshold, model identity). With --input "
+                            "FOLDER the scans are streamed one at a time: DIR/predictions.jsonl and "
+                            ".csv get a line per scan (or its error), a bad scan is recorded and "
+                            "skipped (exit 2, one summary line), a rerun skips the scans done."))
     pr.add_argument("model_dir", metavar="MODEL_DIR")
-    pr.add_argument("scan_file", metavar="SCAN_FILE")
+    pr.add_argument("scan_file", metavar="SCAN_FILE", nargs="?", default=None)
+    pr.add_argument("--input", metavar="FOLDER", default=None,
+                    help="a folder of scans (the layouts `pointcloud build` reads) instead of SCAN_FILE")
     pr.add_argument("--out", required=True, metavar="DIR")
     pr.add_argument("--batch-size", type=int, default=4)
     _add_backbone(pr)
@@ -226,13 +232,68 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..errors import UserInputError
     from ..pointcloud.predict import predict_scan
 
     device = resolve_device(args.device)
     require_weight_files(args)
+    if (args.scan_file is None) == (args.input is None):
+        raise UserInputError("give either SCAN_FILE or --input FOLDER")
     out = require_writable(args.out, "output folder")
+    if args.input is not None:
+        return _predict_folder(args, out, device)
     predict_scan(args.model_dir, args.scan_file, out, device=device,
                  batch_size=args.batch_size, point_mae_weights=args.point_mae_weights, log=_log(args))
+    return 0
+
+
+def _predict_folder(args: argparse.Namespace, out: Path, device) -> int:
+    """`pointcloud predict --input FOLDER`: stream the scans one by one (`batch.stream`)."""
+    import sys
+
+    from ..artifact import read_metadata
+    from ..batch import CSV, JSONL, BatchReport, done_stems, record_failures, stream
+    from ..errors import CmdrIadError
+    from ..pointcloud.model import load_scan_model
+    from ..pointcloud.predict import predict_scan
+    from ..pointcloud.scans import find_scans, load_scan
+
+    size = int((read_metadata(args.model_dir).get("config") or {}).get("chunk_size") or 1)
+    items = [(r.path.stem, r.path) for r in find_scans(args.input)]
+    done = done_stems(out) & {s for s, _ in items} if out.exists() else set()
+    bad: dict[str, str] = {}
+    for stem, path in items:  # every scan is read once before the model loads
+        if stem in done:
+            continue
+        try:
+            load_scan(path, min_points=size)
+        except CmdrIadError as e:
+            if e.exit_code != 2:
+                raise
+            bad[stem] = str(e) if str(path) in str(e) else f"{path}: {e}"
+    if len(done) == len(items):
+        print(f"all {len(items)} scan(s) are already in {out / JSONL}: nothing to do")
+        return 0
+    if len(bad) + len(done) == len(items):
+        record_failures(out, bad)
+        print(f"cmdr-iad: error: {BatchReport(skipped=sorted(done), failed=list(bad.items())).summary()}",
+              file=sys.stderr)
+        return 2
+    model = load_scan_model(args.model_dir, device=device, point_mae_weights=args.point_mae_weights)
+
+    def one(stem: str, path: Path) -> dict:
+        rec = predict_scan(model, path, out, batch_size=args.batch_size, log=None)
+        return {"files": [f"{stem}_scores.npy", f"{stem}.ply", f"{stem}.json"],
+                "score": rec["scan_score"], "is_anomalous": rec["anomalous"],
+                "threshold": rec["threshold"]}
+
+    report = stream(items, out, one, show_progress=bars_enabled(args), known_bad=bad)
+    print(f"{len(report.scored)} scored, {len(report.skipped)} already done, {len(report.failed)} "
+          f"failed → {out / JSONL}, {out / CSV}")
+    line = report.summary()
+    if line:
+        print(f"cmdr-iad: error: {line}", file=sys.stderr)
+        return 2
     return 0
 
 
