@@ -110,6 +110,7 @@ EXPENSIVE = [  # (module, attribute): the work that must not start on bad input
     ("cmdr_iad.pointcloud.evaluate", "evaluate_scan_model"),
     ("cmdr_iad.pointcloud.predict", "predict_scan"),
     ("cmdr_iad.pointcloud.table8", "run_table8"),
+    ("cmdr_iad.serve.app", "create_app"),
 ]
 
 
