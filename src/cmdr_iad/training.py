@@ -109,13 +109,14 @@ LOG_COLUMNS: tuple[str, ...] = (
 on the held-out normal samples after the epoch (empty when the head or the held-out set is absent)."""
 
 
-def write_train_log(path: str | Path, report: TrainReport) -> Path:
-    """Write `report.log` as CSV (header `LOG_COLUMNS`, one row per epoch), atomically."""
+def write_train_log(path: str | Path, report: TrainReport | Sequence[Mapping[str, Any]]) -> Path:
+    """Write `report.log` (or such rows) as CSV (header `LOG_COLUMNS`, one row per epoch), atomically."""
+    rows = report.log if isinstance(report, TrainReport) else report
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, restval="", extrasaction="ignore",
                        lineterminator="\n")
     w.writeheader()
-    for row in report.log:
+    for row in rows:
         w.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
                     for k, v in row.items()})
     return write_text_atomic(path, buf.getvalue())
