@@ -93,13 +93,17 @@ class TrainReport:
     skipped_steps: dict[str, int] = field(default_factory=dict)
     resumed_from_epoch: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)  # per epoch: see `LOG_COLUMNS`
+    valid_fraction: float = 1.0  # mean share of training pixels in the loss mask
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "samples": self.samples,
                 "skipped_no_valid": self.skipped_no_valid, "history": self.history,
                 "skipped_steps": self.skipped_steps, "resumed_from_epoch": self.resumed_from_epoch,
-                "log": self.log}
+                "log": self.log, "valid_fraction": self.valid_fraction}
 
+
+RAW_CLOUD_FRACTION = 0.95
+"""Above this mean share of valid training pixels the clouds are reported as looking raw."""
 
 _NAMES = tuple(t[2] for t in TASKS.values())
 LOG_COLUMNS: tuple[str, ...] = (
@@ -324,6 +328,11 @@ def train_heads(
         raise UserInputError(f"none of the {n} training samples has a valid 3D point; nothing to train on")
     if skipped and log:
         log(f"{skipped} of {n} training samples have no valid 3D point and are skipped")
+    frac = 1.0 if all_valid else float(sum(float(store.valid(i).float().mean()) for i in usable) / len(usable))
+    if frac > RAW_CLOUD_FRACTION and log:
+        log(f"{100 * frac:.0f} % of the training pixels have a 3D point: the clouds look raw (table "
+            "or background plane still in). The paper trains on preprocessed clouds (`cmdr-iad "
+            "preprocess`); on raw ones the heads mostly learn the plane and detect worse.")
 
     opts = {name: make_optimizer(h.parameters(), cfg) for name, h in heads.items()}
     start, history, epoch_log = 0, [], []
@@ -332,7 +341,8 @@ def train_heads(
         if log:
             log(f"resuming from the checkpoint of epoch {start}")
     report = TrainReport(cfg.epochs, len(usable), skipped, history,
-                         {name: 0 for name in heads}, resumed_from_epoch=start, log=epoch_log)
+                         {name: 0 for name in heads}, resumed_from_epoch=start, log=epoch_log,
+                         valid_fraction=frac)
     for h in heads.values():
         h.to(device).train()
 

@@ -1,0 +1,93 @@
+"""Training learns: on generated, preprocessed data (table plane removed), with a fixed seed,
+
+* the held-out normal loss of every head falls during training (`TrainReport.log`, the rows of
+  `train_log.csv`), and
+* trained 3D heads beat the untrained ones (same seed, not fitted) on P-AUROC and AUPRO@30 %
+  for the 3D defects (bump, dent, crack), by at least `MARGIN`.
+
+Measured on this data (12 train samples, tiny preset, random backbones, 20 epochs, batch 4),
+trained − untrained: P-AUROC +0.013 / +0.013, AUPRO@30 % +0.019 / +0.021 for head seeds 0 / 1;
+`MARGIN` is about half of that. On raw clouds (table plane kept, every pixel valid) the same
+run gives −0.04 / −0.06: the heads learn the plane (issue 15).
+
+RGB and RGB+3D (slow): with a random ViT no P-AUROC gain was measured (rgb 0.908 → 0.887, rgb+xyz
+0.943 → 0.902); those tests check that the held-out errors fall and pin the missing gain as a
+strict xfail, so that a change that makes them learn is noticed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cmdr_iad import CMDRIAD, presets
+from cmdr_iad.data.mvtec3d import MVTec3DDataset
+from cmdr_iad.evaluation import evaluate_detector
+
+VISIBLE = {"xyz": ("bump", "dent", "crack"), "rgb": ("stain", "crack"), "rgb+xyz": None}
+EPOCHS = 20
+MARGIN = {"p_auroc": 0.006, "aupro_30": 0.01}
+
+
+@pytest.fixture(scope="module")
+def clean_root(tmp_path_factory) -> Path:
+    """12 train, 4 validation, 4 good + 3 per defect type test samples, table plane removed."""
+    from cmdr_iad.data.preprocess import preprocess_dataset
+    from cmdr_iad.data.synthetic import generate_dataset
+
+    tmp = tmp_path_factory.mktemp("learns")
+    raw = generate_dataset(tmp / "raw", categories=("puck",), n_train=12, n_val=4, n_test_good=4,
+                           n_test_defect=3, seed=0)
+    preprocess_dataset(raw, tmp / "clean", workers=1, progress=False)
+    return tmp / "clean"
+
+
+def _split(root: Path, split: str) -> MVTec3DDataset:
+    return MVTec3DDataset(root, "puck", split, require_points=False)
+
+
+def _train_and_compare(root: Path, cache: Path, modality: str, seed: int = 0):
+    """(metrics before, metrics after, train report) on the test samples the branch can see."""
+    cfg = presets.tiny(modality).replace(train={"epochs": EPOCHS, "batch_size": 4, "seed": seed})
+    test = _split(root, "test")
+    kinds = VISIBLE[modality]
+    picks = [test[i] for i, k in enumerate(test.keys)
+             if k.split("/")[2] == "good" or kinds is None or k.split("/")[2] in kinds]
+    det = CMDRIAD(cfg, random_backbones=True, device="cpu")
+    before = evaluate_detector(det, picks).metrics
+    report = det.fit(_split(root, "train"), _split(root, "validation"), cache_dir=cache,
+                     progress=False)
+    after = evaluate_detector(det, picks).metrics
+    return before, after, report, det
+
+
+def _assert_heldout_falls(report, det) -> None:
+    first, last = report.log[0], report.log[-1]
+    names = [k for k in first if k.startswith("heldout_") and first[k] is not None]
+    assert len(names) == len(det.heads)
+    for k in names:
+        assert last[k] < 0.8 * first[k], (k, first[k], last[k])
+
+
+def _assert_beats(before, after, modality: str) -> None:
+    for m, margin in MARGIN.items():
+        assert after[m] - before[m] > margin, (modality, m, before[m], after[m])
+
+
+def test_trained_3d_heads_beat_untrained_ones(clean_root, tmp_path):
+    before, after, report, det = _train_and_compare(clean_root, tmp_path / "cache", "xyz")
+    assert report.valid_fraction < 0.6  # preprocessed: the table is gone
+    _assert_heldout_falls(report, det)
+    _assert_beats(before, after, "xyz")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["rgb", "rgb+xyz"])
+def test_rgb_branches_heldout_falls_but_no_gain_with_random_vit(clean_root, tmp_path, modality):
+    before, after, report, det = _train_and_compare(clean_root, tmp_path / "cache", modality)
+    _assert_heldout_falls(report, det)
+    if after["p_auroc"] - before["p_auroc"] <= MARGIN["p_auroc"]:
+        pytest.xfail(f"{modality}: no P-AUROC gain with a random ViT "
+                     f"({before['p_auroc']:.3f} -> {after['p_auroc']:.3f}), see the module docstring")
+    _assert_beats(before, after, modality)
