@@ -5,10 +5,12 @@
 * trained 3D heads beat the untrained ones (same seed, not fitted) on P-AUROC and AUPRO@30 %
   for the 3D defects (bump, dent, crack), by at least `MARGIN`.
 
-Measured on this data (12 train samples, tiny preset, random backbones, 20 epochs, batch 4),
-trained − untrained: P-AUROC +0.013 / +0.013, AUPRO@30 % +0.019 / +0.021 for head seeds 0 / 1;
-`MARGIN` is about half of that. On raw clouds (table plane kept, every pixel valid) the same
-run gives −0.04 / −0.06: the heads learn the plane (issue 15).
+Measured on this data (12 train samples, tiny preset, random backbones, head seed 0),
+trained − untrained P-AUROC / AUPRO@30 %: batch 1, 10 epochs +0.017 / +0.051; batch 1,
+3 epochs +0.017 / +0.016; batch 4, 20 epochs +0.013 / +0.019 (seed 1: +0.013 / +0.021);
+batch 4, 3 epochs −0.027 / −0.054. `MARGIN` is about half of the gain at batch 1, 10 epochs.
+On raw clouds (table plane kept, every pixel valid) training loses: −0.03 / −0.05 at batch 1,
+10 epochs; the heads learn the plane (issue 15).
 
 RGB and RGB+3D (slow): with a random ViT no P-AUROC gain was measured (rgb 0.908 → 0.887, rgb+xyz
 0.943 → 0.902); those tests check that the held-out errors fall and pin the missing gain as a
@@ -26,8 +28,8 @@ from cmdr_iad.data.mvtec3d import MVTec3DDataset
 from cmdr_iad.evaluation import evaluate_detector
 
 VISIBLE = {"xyz": ("bump", "dent", "crack"), "rgb": ("stain", "crack"), "rgb+xyz": None}
-EPOCHS = 20
-MARGIN = {"p_auroc": 0.006, "aupro_30": 0.01}
+EPOCHS = 10
+MARGIN = {"p_auroc": 0.008, "aupro_30": 0.025}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def _split(root: Path, split: str) -> MVTec3DDataset:
 
 def _train_and_compare(root: Path, cache: Path, modality: str, seed: int = 0):
     """(metrics before, metrics after, train report) on the test samples the branch can see."""
-    cfg = presets.tiny(modality).replace(train={"epochs": EPOCHS, "batch_size": 4, "seed": seed})
+    cfg = presets.tiny(modality).replace(train={"epochs": EPOCHS, "batch_size": 1, "seed": seed})
     test = _split(root, "test")
     kinds = VISIBLE[modality]
     picks = [test[i] for i, k in enumerate(test.keys)
