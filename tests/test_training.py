@@ -6,8 +6,13 @@ from __future__ import annotations
 import torch
 
 from cmdr_iad.config import TrainConfig
-from cmdr_iad.training import (LOG_COLUMNS, dense_norm_gradients, read_train_log, train_heads,
-                               write_train_log)
+from cmdr_iad.training import (
+    LOG_COLUMNS,
+    dense_norm_gradients,
+    read_train_log,
+    train_heads,
+    write_train_log,
+)
 from test_training_parity import TokenStore, features, small_heads
 
 
