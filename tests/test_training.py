@@ -50,16 +50,16 @@ def test_train_log_rows_csv_and_heldout(recipe, tmp_path):
     held = TokenStore(*features(2, missing=[0.1, 0.3], seed=9))
     rep = train_heads(heads, TokenStore(f2d, f3d), TrainConfig(epochs=3, batch_size=2), heldout=held,
                       progress=False)
-    assert [r["epoch"] for r in rep.log] == [1, 2, 3]
-    for r in rep.log:
+    assert [r["epoch"] for r in rep.log] == [0, 1, 2, 3]
+    assert "loss_rec3d" not in rep.log[0] and rep.log[0]["heldout_rec3d"] > rep.log[-1]["heldout_rec3d"]
+    for r in rep.log[1:]:
         assert r["skipped_samples"] == 1 and r["samples"] == 3 and r["seconds"] >= 0
         assert all(r[f"loss_{k}"] > 0 and r[f"heldout_{k}"] > 0 for k in ("map3d", "map2d", "rec2d", "rec3d"))
-    assert rep.log[-1]["heldout_rec3d"] < rep.log[0]["heldout_rec3d"]
     path = write_train_log(tmp_path / "train_log.csv", rep)
     assert path.read_text().splitlines()[0] == ",".join(LOG_COLUMNS)
     back = read_train_log(path)
-    assert len(back) == 3
-    for a, b in zip(back, rep.log, strict=True):
+    assert len(back) == 4 and back[0]["loss_rec3d"] is None
+    for a, b in zip(back[1:], rep.log[1:], strict=True):
         for k in LOG_COLUMNS:
             assert abs(a[k] - float(b[k])) <= 1e-5 * max(1.0, abs(float(b[k])))
     for h in heads.values():

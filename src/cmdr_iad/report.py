@@ -113,10 +113,11 @@ def train_log_html(name: str, rows: Sequence[dict[str, Any]]) -> str:
     curves = []
     for short, head in _CURVES:
         for kind, label in (("loss", "train"), ("heldout", "held-out")):
-            ys = [r.get(f"{kind}_{short}") for r in rows]
-            if any(y is None for y in ys):
-                continue
-            curves.append((f"{head} {label}", epochs, np.asarray(ys, dtype=np.float64)))
+            pts = [(e, r.get(f"{kind}_{short}")) for e, r in zip(epochs, rows, strict=True)]
+            pts = [(e, y) for e, y in pts if y is not None]  # epoch 0 has held-out values only
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                curves.append((f"{head} {label}", np.asarray(xs), np.asarray(ys, dtype=np.float64)))
     parts = [f"<h3>{html.escape(name)}</h3>"]
     if curves:
         ymax = max(float(np.nanmax(c[2])) for c in curves)
@@ -128,7 +129,9 @@ def train_log_html(name: str, rows: Sequence[dict[str, Any]]) -> str:
                                        ylabel="loss", xlim=(lo_x, hi_x), ylim=(0.0, hi)))
     total = sum(float(r.get("seconds") or 0.0) for r in rows)
     skipped = int(rows[-1].get("skipped_samples") or 0)
-    parts.append(f"<p>{len(rows)} epochs, {total:.1f} s in all ({total / len(rows):.2f} s per epoch); "
+    trained = [r for r in rows if float(r["epoch"]) > 0]
+    per = total / len(trained) if trained else 0.0
+    parts.append(f"<p>{len(trained)} epochs, {total:.1f} s in all ({per:.2f} s per epoch); "
                  f"{skipped} training sample(s) without a valid 3D point skipped.</p>")
     return "".join(parts)
 

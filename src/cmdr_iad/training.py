@@ -28,7 +28,8 @@ with no valid pixel is skipped and counted (the authors' loop crashes in `backwa
 
 Per epoch, `TrainReport.log` records the mean loss of every head, the epoch time, the skipped
 samples/steps and, when a held-out store of normal samples is given, the held-out mean loss of
-every head (eval mode); `write_train_log` writes it as `train_log.csv`.
+every head (eval mode), with a first row "epoch 0" holding the held-out losses before training;
+`write_train_log` writes it as `train_log.csv`.
 """
 
 from __future__ import annotations
@@ -346,6 +347,11 @@ def train_heads(
     for h in heads.values():
         h.to(device).train()
 
+    if heldout is not None and len(heldout) > 0 and start == 0 and not epoch_log:
+        held = heldout_losses(heads, heldout, batch_size=cfg.batch_size, device=device,
+                              all_valid=all_valid)  # epoch 0: the untrained level
+        epoch_log.append({"epoch": 0, "seconds": 0.0, "samples": len(usable), "skipped_samples": skipped,
+                          "skipped_steps": 0, **{f"heldout_{k}": v for k, v in held.items()}})
     steps = math.ceil(len(usable) / cfg.batch_size)
     with progress_bar((cfg.epochs - start) * steps, "train", enabled=progress) as bar, \
             dense_norm_gradients(heads):
