@@ -255,8 +255,13 @@ class CMDRIAD:
             run_cfg = self.config.to_dict()
             run_cfg["train"].pop("epochs")  # a resumed run may extend the number of epochs
             fp = fingerprint(run_cfg, self.extractor.cache_key(), [e.sample_key for e in entries])
+            heldout = None  # normal validation samples: held-out error per epoch (train_log.csv)
+            if val_dataset is not None and len(val_dataset) > 0:
+                normal = [i for i in range(len(val_dataset)) if int(getattr(val_dataset[i], "label", 0)) == 0]
+                val_entries = self._cache_features(val_dataset, cache, progress, "validation")
+                heldout = _CachedStore([val_entries[i] for i in normal], self.modality)
             report = train_heads(dict(self.heads.items()), store, self.config.train,
-                                 device=self.device, all_valid=self.modality == "rgb",
+                                 device=self.device, all_valid=self.modality == "rgb", heldout=heldout,
                                  checkpoint=None if checkpoint is None else Path(checkpoint),
                                  resume=resume, run_fingerprint=fp, progress=progress, log=log)
             self.heads.eval()
@@ -322,7 +327,12 @@ class CMDRIAD:
             },
             "info": self.info,
         }
-        return save_artifact(path, tensors, meta, KIND)
+        out = save_artifact(path, tensors, meta, KIND)
+        if self.info.get("training", {}).get("log"):
+            from .training import write_train_log
+
+            write_train_log(Path(out) / "train_log.csv", self.info["training"]["log"])
+        return out
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "auto",
