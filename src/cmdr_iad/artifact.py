@@ -32,8 +32,9 @@ def environment_record() -> dict[str, str]:
 
 
 def save_artifact(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, Any],
-                  kind: str) -> Path:
-    """Write `tensors` (name → torch.Tensor) and `metadata` (JSON-serialisable) to folder `path`.
+                  kind: str, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write `tensors` (name → torch.Tensor) and `metadata` (JSON-serialisable) to folder `path`,
+    plus `extra_files` (name → bytes, e.g. `train_log.csv`) beside them.
 
     An existing artefact at `path` is replaced only after the new one is complete.
     """
@@ -53,6 +54,10 @@ def save_artifact(path: str | os.PathLike, tensors: dict[str, Any], metadata: di
                 "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
                 "environment": environment_record(),
             })
+            for name, data in (extra_files or {}).items():
+                if Path(name).name != name or name in (WEIGHTS_FILE, META_FILE):
+                    raise ValueError(f"bad extra file name {name!r}")
+                (tmp / name).write_bytes(data)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     except OSError as e:
         raise UserInputError(f"cannot write model to {out}: {e.strerror or e}") from e

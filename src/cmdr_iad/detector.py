@@ -29,6 +29,8 @@ from .progress import progress as progress_bar
 from .result import Result, build_result
 
 KIND = "cmdr-iad-detector"
+TRAIN_LOG = "train_log.csv"
+"""Per-epoch losses of the four heads, held-out normal error, epoch time, skipped samples."""
 
 __all__ = ["CMDRIAD", "Result", "KIND"]
 
@@ -257,9 +259,10 @@ class CMDRIAD:
             fp = fingerprint(run_cfg, self.extractor.cache_key(), [e.sample_key for e in entries])
             heldout = None  # normal validation samples: held-out error per epoch (train_log.csv)
             if val_dataset is not None and len(val_dataset) > 0:
-                normal = [i for i in range(len(val_dataset)) if int(getattr(val_dataset[i], "label", 0)) == 0]
-                val_entries = self._cache_features(val_dataset, cache, progress, "validation")
-                heldout = _CachedStore([val_entries[i] for i in normal], self.modality)
+                normal = [i for i in range(len(val_dataset))
+                          if int(getattr(val_dataset[i], "label", 0)) == 0]
+                val_entries = self._cache(val_dataset, cache, progress, "validation")
+                heldout = CachedSampleStore([val_entries[i] for i in normal], self.modality)
             report = train_heads(dict(self.heads.items()), store, self.config.train,
                                  device=self.device, all_valid=self.modality == "rgb", heldout=heldout,
                                  checkpoint=None if checkpoint is None else Path(checkpoint),
@@ -327,12 +330,12 @@ class CMDRIAD:
             },
             "info": self.info,
         }
-        out = save_artifact(path, tensors, meta, KIND)
-        if self.info.get("training", {}).get("log"):
-            from .training import write_train_log
+        extra = {}
+        if (self.info.get("training") or {}).get("log"):
+            from .training import train_log_csv
 
-            write_train_log(Path(out) / "train_log.csv", self.info["training"]["log"])
-        return out
+            extra[TRAIN_LOG] = train_log_csv(self.info["training"]["log"]).encode()
+        return save_artifact(path, tensors, meta, KIND, extra_files=extra)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "auto",

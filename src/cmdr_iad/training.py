@@ -114,8 +114,8 @@ LOG_COLUMNS: tuple[str, ...] = (
 on the held-out normal samples after the epoch (empty when the head or the held-out set is absent)."""
 
 
-def write_train_log(path: str | Path, report: TrainReport | Sequence[Mapping[str, Any]]) -> Path:
-    """Write `report.log` (or such rows) as CSV (header `LOG_COLUMNS`, one row per epoch), atomically."""
+def train_log_csv(report: TrainReport | Sequence[Mapping[str, Any]]) -> str:
+    """`report.log` (or such rows) as CSV text: header `LOG_COLUMNS`, one row per epoch."""
     rows = report.log if isinstance(report, TrainReport) else report
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, restval="", extrasaction="ignore",
@@ -124,7 +124,12 @@ def write_train_log(path: str | Path, report: TrainReport | Sequence[Mapping[str
     for row in rows:
         w.writerow({k: ("" if v is None else (f"{v:.6g}" if isinstance(v, float) else v))
                     for k, v in row.items()})
-    return write_text_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_train_log(path: str | Path, report: TrainReport | Sequence[Mapping[str, Any]]) -> Path:
+    """`train_log_csv` written atomically to ``path``."""
+    return write_text_atomic(path, train_log_csv(report))
 
 
 def read_train_log(path: str | Path) -> list[dict[str, float | None]]:

@@ -42,7 +42,10 @@ def test_train_evaluate_predict(cli, synth_root, tmp_path, modality, tiny_model)
     assert m["fps"] > 0 and m["peak_memory_mb"] > 0 and m["random_backbones"] is True
     for f in ("metrics.csv", "metrics.md", "paper_tables.md", "pro_curve.svg", "report.html"):
         assert (rep / f).is_file(), f
-    assert "RANDOM BACKBONES" in (rep / "report.html").read_text()
+    html = (rep / "report.html").read_text()
+    assert "RANDOM BACKBONES" in html
+    assert (model / "train_log.csv").is_file() and "loss per epoch" in html  # the training curves
+    assert "<table" in html and "| I-AUROC" not in html  # paper tables as HTML, not Markdown
     assert (rep / "pro_curve.svg").read_text().startswith("<svg")
 
     test = synth_root / "puck" / "test"

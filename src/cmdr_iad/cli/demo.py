@@ -55,6 +55,7 @@ def run(args) -> int:
     from ..report import build_html, write_html
     from ._workflow import RANDOM_NOTICE, loud, say
     from .common import require_writable, resolve_device
+    from .evaluate import train_logs_of
 
     t0 = time.perf_counter()
     device = resolve_device(args.device)
@@ -93,7 +94,8 @@ def run(args) -> int:
     rng = det.heatmap_range(det.modality)
     html_path = write_html(report_dir / "report.html", build_html(
         "CMDR-IAD demo", [ev], examples=[(r, s, rng) for r, s in ev.examples], notices=notices,
-        paper_tables_md=paper_tables([ev]), extra_html=extra))
+        paper_tables_md=paper_tables([ev]), extra_html=extra,
+        train_logs=train_logs_of([out / "model"], ["demo model"])))
     m = ev.metrics
     fmt = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     say(args, f"[4/4] I-AUROC {fmt(m['i_auroc'])}  P-AUROC {fmt(m['p_auroc'])}  AUPRO@30 "

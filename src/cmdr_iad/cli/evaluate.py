@@ -90,7 +90,7 @@ def evaluate_models(plans, args) -> list:
     return evals
 
 
-def write_all(out: Path, evals, title: str, notices=()) -> None:
+def write_all(out: Path, evals, title: str, notices=(), train_logs=()) -> None:
     from ..evaluation import paper_tables, write_reports
     from ..report import build_html, write_html
 
@@ -98,7 +98,17 @@ def write_all(out: Path, evals, title: str, notices=()) -> None:
     examples = [(r, s, tuple(e.metrics.get("heatmap_range") or (None, None)))
                 for e in evals for r, s in e.examples]
     write_html(out / "report.html", build_html(title, evals, examples=examples, notices=notices,
-                                               paper_tables_md=paper_tables(evals)))
+                                               paper_tables_md=paper_tables(evals),
+                                               train_logs=train_logs))
+
+
+def train_logs_of(models: list[Path], names: list[str]) -> list[tuple[str, list]]:
+    """(name, rows) of every model folder that has a `train_log.csv` (older models have none)."""
+    from ..detector import TRAIN_LOG
+    from ..training import read_train_log
+
+    return [(n, read_train_log(m / TRAIN_LOG)) for m, n in zip(models, names, strict=True)
+            if (m / TRAIN_LOG).is_file()]
 
 
 def run(args) -> int:
@@ -121,8 +131,9 @@ def run(args) -> int:
     plans = plan_models(models, root, args)
     evals = evaluate_models(plans, args)
     notices = [RANDOM_NOTICE] if any(e.metrics.get("random_backbones") for e in evals) else []
+    logs = train_logs_of([mp for mp, _, _ in plans], [e.name for e in evals])
     with staged_outputs(out) as stage:
-        write_all(stage, evals, "CMDR-IAD evaluation", notices)
+        write_all(stage, evals, "CMDR-IAD evaluation", notices, logs)
     summary = json.loads((out / "metrics.json").read_text())
     say(args, f"wrote {out / 'metrics.json'}, paper_tables.md, report.html "
               f"(I-AUROC {summary.get('i_auroc')})")
