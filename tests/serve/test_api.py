@@ -86,6 +86,10 @@ def test_scores_equal_cmdr_iad_predict(client, sample_files, serve_model, tmp_pa
     got = client.post("/v1/predict", files=files(sample_files, "rgb_bad", "xyz_bad")).json()
     assert got["score"] == want["score"] and got["is_anomalous"] == want["is_anomalous"]
     assert got["threshold"] == want["threshold"] and got["branch"] == want["branch"]
+    stem = sample_files["rgb_bad"].stem
+    for name, theirs in (("overlay.png", f"{stem}_overlay.png"), ("anomaly.tiff", f"{stem}_anomaly.tiff"),
+                         ("points.ply", f"{stem}.ply")):  # the same files, byte for byte
+        assert client.get(f"/v1/results/{got['id']}/{name}").content == (out / theirs).read_bytes()
 
 
 def _bad_cases(sample_files):
@@ -137,3 +141,30 @@ def test_an_internal_error_is_a_500_and_the_service_keeps_serving(client, sample
     assert r.status_code == 500 and "simulated fault" in r.json()["error"] and "\n" not in r.json()["error"]
     monkeypatch.undo()
     assert client.post("/v1/predict", files=files(sample_files)).status_code == 200
+
+
+def test_not_ready_until_the_model_is_loaded_and_warm(serve_model, sample_files, monkeypatch):
+    import threading
+
+    import cmdr_iad.serve.app as app_mod
+
+    gate, real = threading.Event(), app_mod._load
+
+    def slow_load(state, gauge):
+        gate.wait(60)
+        real(state, gauge)
+
+    monkeypatch.setattr(app_mod, "_load", slow_load)
+    app = create_app(ServeConfig(model_dir=serve_model, device="cpu"))
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200  # up while loading
+        assert c.get("/readyz").status_code == 503
+        r = c.post("/v1/predict", files=files(sample_files))
+        assert r.status_code == 503 and r.headers["Retry-After"] and "loading" in r.json()["error"]
+        gate.set()
+        for _ in range(600):
+            if c.get("/readyz").status_code == 200:
+                break
+            threading.Event().wait(0.1)
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/v1/predict", files=files(sample_files)).status_code == 200
