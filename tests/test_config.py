@@ -28,3 +28,26 @@ def test_bad_values_raise():
         presets.paper("depth")
     with pytest.raises(ConfigError):
         presets.paper().replace(train={"lr": 0.0})
+
+
+def test_score_config_smoothing_validated_and_legacy_models_keep_pixels(tmp_path):
+    from cmdr_iad import CMDRIAD, presets
+    from cmdr_iad.config import DetectorConfig
+    from cmdr_iad.errors import ConfigError
+
+    cfg = presets.tiny("xyz")
+    assert cfg.score.smoothing == "grid"
+    with pytest.raises(ConfigError, match="smoothing"):
+        cfg.replace(score={"smoothing": "gaussian"})
+    d = cfg.to_dict()
+    d["score"].pop("smoothing")
+    assert DetectorConfig.from_dict(d).score.smoothing == "grid"
+    # a model folder written before the field existed loads with the chains in grid pixels
+    import json
+
+    folder = CMDRIAD(cfg, random_backbones=True).save(tmp_path / "m")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["config"]["score"].pop("smoothing")
+    (folder / "model.json").write_text(json.dumps(meta))
+    assert CMDRIAD.load(folder, device="cpu").config.score.smoothing == "pixels"
+    assert CMDRIAD.load(tmp_path / "m", device="cpu") is not None

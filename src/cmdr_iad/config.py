@@ -17,6 +17,7 @@ MODALITIES = ("rgb+xyz", "rgb", "xyz")
 BN_MODES = ("sample", "running")
 TRANSFORM_MODES = ("reference", "aligned")
 OPTIMIZERS = ("adam", "adamw")
+SMOOTHING = ("grid", "pixels")
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Scoring: fusion variant (see `cmdr_iad.model.fusion.VARIANTS`) and temperature B."""
+    """Scoring: fusion variant (see `cmdr_iad.model.fusion.VARIANTS`), temperature B and the
+    smoothing of the maps: "grid" (default) scales the reference's box-filter chains to the grid
+    (`model.fusion.grid_chain`; identical to "pixels" at G = 224), "pixels" applies them in grid
+    pixels whatever the grid (the reference code; models saved before this field existed)."""
 
     variant: str = "full"
     temperature: float = 0.3
+    smoothing: str = "grid"
+
+    def validate(self) -> ScoreConfig:
+        if self.smoothing not in SMOOTHING:
+            raise ConfigError(f"score.smoothing must be one of {SMOOTHING}, got {self.smoothing!r}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class DetectorConfig:
             raise ConfigError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
         self.features.validate()
         self.train.validate()
+        self.score.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

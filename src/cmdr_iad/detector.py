@@ -349,7 +349,10 @@ class CMDRIAD:
             raise UserInputError(f"model folder not found: {p}")
         tensors, meta = load_artifact(p, KIND)
         try:
-            cfg = DetectorConfig.from_dict(meta["config"])
+            stored = dict(meta["config"])
+            # saved before score.smoothing existed: scored with the chains in grid pixels
+            stored["score"] = {"smoothing": "pixels", **(stored.get("score") or {})}
+            cfg = DetectorConfig.from_dict(stored)
         except (KeyError, ConfigError) as e:
             raise ArtifactError(f"{p}: the stored config is invalid: {e}") from e
         bb = meta.get("backbone") or {}

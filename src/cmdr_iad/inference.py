@@ -34,6 +34,7 @@ from .config import ScoreConfig
 from .errors import UserInputError
 from .memory import release_memory
 from .model.distances import reference_distance_maps, sample_distance_maps
+from .model.fusion import FUSED_CHAIN, REC2D_CHAIN, grid_chain
 from .model.fusion import score as fusion_score
 
 __all__ = [
@@ -141,10 +142,17 @@ def fuse(d: Mapping[str, torch.Tensor], valid: torch.Tensor | None, branch: str,
          score_cfg: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance maps of a batch → (Ψ (B, G, G), image scores (B,)) for ``branch``: the configured
     fusion variant for ``rgb+xyz``, the single-modality scoring otherwise. The RGB branch has no
-    3D mask: every pixel counts."""
+    3D mask: every pixel counts. ``score_cfg.smoothing == "grid"`` scales the smoothing chains
+    to the map's grid (`model.fusion.grid_chain`; unchanged at G = 224)."""
     variant = score_cfg.variant if branch == "rgb+xyz" else BRANCH_VARIANT[branch]
+    chains = {}
+    if score_cfg.smoothing == "grid":
+        grid = int(next(m for m in d.values() if m is not None).shape[-1])
+        chains = {"rec2d_chain": grid_chain(REC2D_CHAIN, grid),
+                  "fused_chain": grid_chain(FUSED_CHAIN, grid)}
     return fusion_score(d.get("d_map2d"), d.get("d_map3d"), d.get("d_rec2d"), d.get("d_rec3d"),
-                 None if branch == "rgb" else valid, variant, temperature=score_cfg.temperature)
+                        None if branch == "rgb" else valid, variant,
+                        temperature=score_cfg.temperature, **chains)
 
 
 @dataclass

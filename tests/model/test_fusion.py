@@ -244,6 +244,31 @@ def test_box_filter_keeps_exact_zeros():
     np.testing.assert_allclose(fu.box_filter(x, 5)[0, :3, :3].numpy(), np.full((3, 3), 1e-3 / 25), rtol=1e-6)
 
 
+# ----------------------------------------------------------------------------- grid-scaled chains
+def test_grid_chain_is_the_reference_chain_at_224():
+    assert fu.grid_chain(fu.REC2D_CHAIN, 224) == fu.REC2D_CHAIN
+    assert fu.grid_chain(fu.FUSED_CHAIN, 224) == fu.FUSED_CHAIN
+
+
+@pytest.mark.parametrize("grid", [16, 32, 56, 112, 160])
+def test_grid_chain_keeps_the_blur_per_image_on_smaller_grids(grid):
+    """Variance (px²) ≈ reference variance × (G/224)², to within half a box-3 pass (1/3 px²)."""
+    for chain in (fu.REC2D_CHAIN, fu.FUSED_CHAIN):
+        got = fu.grid_chain(chain, grid)
+        assert all(k == 3 for k, _ in got)
+        want = fu.chain_variance(chain) * (grid / 224) ** 2
+        assert abs(fu.chain_variance(got) - want) <= 1 / 3 + 1e-9, (chain, grid, got)
+
+
+def test_grid_chain_values_at_the_tiny_grid_and_on_larger_grids():
+    assert fu.chain_variance(fu.FUSED_CHAIN) == 22.0  # 5·(25−1)/12 + 3·(49−1)/12
+    assert fu.grid_chain(fu.REC2D_CHAIN, 32) == ()  # 14·(1/7)² = 0.29 px²: no pass
+    assert fu.grid_chain(fu.FUSED_CHAIN, 32) == ((3, 1),)  # 0.45 px²: one box-3 pass
+    assert fu.grid_chain(fu.FUSED_CHAIN, 448) == ((9, 5), (13, 3))
+    with pytest.raises(ValueError):
+        fu.grid_chain(fu.FUSED_CHAIN, 0)
+
+
 # ----------------------------------------------------------------------------- bad input
 def _maps(shape=(1, 6, 6)):
     return [torch.rand(shape) + 0.1 for _ in range(4)]

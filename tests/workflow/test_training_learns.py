@@ -2,21 +2,26 @@
 
 * the held-out normal loss of every head falls during training (`TrainReport.log`, the rows of
   `train_log.csv`), and
-* trained 3D heads beat the untrained ones (same seed, not fitted) on P-AUROC and AUPRO@30 %
-  for the 3D defects (bump, dent, crack), by at least `MARGIN`.
+* trained heads beat the untrained ones (same seed, not fitted) on P-AUROC and AUPRO@30 % for
+  the defects their branch can see, by at least `MARGIN[modality]`: the 3D defects (bump, dent,
+  crack) for `xyz`, the colour defects (stain, crack) for `rgb`.
 
-Measured on this data (12 train samples, tiny preset, random backbones, head seed 0),
-trained − untrained P-AUROC / AUPRO@30 %: batch 1, 10 epochs +0.017 / +0.051; batch 1,
-3 epochs +0.017 / +0.016; batch 4, 20 epochs +0.013 / +0.019 (seed 1: +0.013 / +0.021);
-batch 4, 3 epochs −0.027 / −0.054. `MARGIN` is about half of the gain at batch 1, 10 epochs.
-On raw clouds (table plane kept, every pixel valid) training loses: −0.03 / −0.05 at batch 1,
-10 epochs; the heads learn the plane (issue 15).
+Measured on this data (12 train samples, tiny preset, random backbones, head seed 0, batch 1,
+10 epochs), with the smoothing scaled to the 32×32 grid (`ScoreConfig.smoothing = "grid"`),
+untrained → trained P-AUROC / AUPRO@30 %: xyz 0.881 → 0.906 / 0.579 → 0.648; rgb 0.193 → 0.951 /
+0.004 → 0.651. Each margin is about half of the measured gain.
 
-RGB and RGB+3D (slow, ~4 min): with a random ViT no P-AUROC gain was measured at batch 1,
-10 epochs (rgb 0.908 → 0.911, rgb+xyz 0.942 → 0.900). Those tests check that the held-out errors
-fall, then xfail (naming the numbers) while the gain is missing and assert it once it is there.
-A measurement for the RGB branch (issue 15 note): its Dec2D trained on the object pixels only
-(the 3D mask, as the authors' loop trains Dec2D) gives 0.948 → 0.953, on every pixel 0.948 → 0.928.
+Before the smoothing was scaled (the reference's chains in pixels: σ ≈ 6 px, 19 % of a 32-pixel
+grid) the blur turned object-vs-background contrast into a high untrained P-AUROC and hid what
+the heads learn: rgb 0.908 → 0.917 although the unsmoothed d_rec2d inside the object went from
+0.18 to 0.84 AUROC (issue 15 note). On raw clouds (table plane kept, every pixel valid)
+training loses; the heads learn the plane.
+
+RGB+3D (slow): with random backbones the cross-modal mapping heads have no correspondence to
+learn (held-out map2d cosine error stays at 0.17, rec3d at 0.007), and their errors on the
+object rim lower the fused P-AUROC (0.872 → 0.800 on the 3D defects; tiny and small presets
+alike). That test checks that the held-out errors fall, then xfails naming the numbers while the
+gain is missing, and asserts it once it is there.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from cmdr_iad.evaluation import evaluate_detector
 
 VISIBLE = {"xyz": ("bump", "dent", "crack"), "rgb": ("stain", "crack"), "rgb+xyz": None}
 EPOCHS = 10
-MARGIN = {"p_auroc": 0.008, "aupro_30": 0.025}
+MARGIN = {"xyz": {"p_auroc": 0.012, "aupro_30": 0.035},
+          "rgb": {"p_auroc": 0.3, "aupro_30": 0.3},
+          "rgb+xyz": {"p_auroc": 0.01, "aupro_30": 0.02}}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +85,7 @@ def _assert_heldout_falls(report, det) -> None:
 
 
 def _assert_beats(before, after, modality: str) -> None:
-    for m, margin in MARGIN.items():
+    for m, margin in MARGIN[modality].items():
         assert after[m] - before[m] > margin, (modality, m, before[m], after[m])
 
 
@@ -90,11 +97,17 @@ def test_trained_3d_heads_beat_untrained_ones(clean_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modality", ["rgb", "rgb+xyz"])
-def test_rgb_branches_heldout_falls_but_no_gain_with_random_vit(clean_root, tmp_path, modality):
-    before, after, report, det = _train_and_compare(clean_root, tmp_path / "cache", modality)
+def test_trained_rgb_heads_beat_untrained_ones_on_colour_defects(clean_root, tmp_path):
+    before, after, report, det = _train_and_compare(clean_root, tmp_path / "cache", "rgb")
     _assert_heldout_falls(report, det)
-    if after["p_auroc"] - before["p_auroc"] <= MARGIN["p_auroc"]:
-        pytest.xfail(f"{modality}: no P-AUROC gain with a random ViT "
+    _assert_beats(before, after, "rgb")
+
+
+@pytest.mark.slow
+def test_rgb_xyz_heldout_falls_but_no_fused_gain_with_random_backbones(clean_root, tmp_path):
+    before, after, report, det = _train_and_compare(clean_root, tmp_path / "cache", "rgb+xyz")
+    _assert_heldout_falls(report, det)
+    if after["p_auroc"] - before["p_auroc"] <= MARGIN["rgb+xyz"]["p_auroc"]:
+        pytest.xfail(f"rgb+xyz: no fused P-AUROC gain with random backbones "
                      f"({before['p_auroc']:.3f} -> {after['p_auroc']:.3f}), see the module docstring")
-    _assert_beats(before, after, modality)
+    _assert_beats(before, after, "rgb+xyz")

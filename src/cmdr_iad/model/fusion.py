@@ -18,6 +18,11 @@ this also holds for the single-modality variants (RGB only: Ψ = pre-smoothed d_
 Ψ = d_rec3d). Other chains can be given to :func:`score` (e.g. the raw-scan 3D-only mode uses a
 single 5×5 pass).
 
+The chains are the reference's, in pixels of its 224×224 grid. On a smaller grid the same chains
+blur a larger part of the image (σ ≈ 6 px: 3 % of a 224 grid, 19 % of a 32 grid), so
+:func:`grid_chain` rescales a chain to keep its blur the same fraction of the image; at G = 224
+it returns the chain unchanged.
+
 The reference's three normalisations of the final map are :func:`aupro_map` (÷ mean of non-zero
 pixels; fed to AUPRO), :func:`image_score` (max of ÷ sqrt(mean of non-zero pixels); I-AUROC) and
 :func:`pixel_scores` (÷ sqrt(mean of all pixels); P-AUROC). The paper writes
@@ -43,6 +48,9 @@ __all__ = [
     "box_filter",
     "smooth_with_box_filters",
     "smooth_chain",
+    "chain_variance",
+    "grid_chain",
+    "REFERENCE_GRID",
     "joint_mapping_discrepancy",
     "reliability_gate",
     "reliability_gated_mapping_anomaly",
@@ -106,6 +114,35 @@ def smooth_with_box_filters(x: Tensor, kernel_size: int, passes: int) -> Tensor:
     for _ in range(passes):
         x = box_filter(x, kernel_size)
     return x
+
+
+REFERENCE_GRID = 224
+"""Grid side the reference's smoothing chains are defined on."""
+
+
+def chain_variance(chain: Sequence[tuple[int, int]]) -> float:
+    """Variance (px², per axis) of the blur of ``[(kernel, passes), ...]``: Σ passes·(k² − 1)/12."""
+    return float(sum(n * (k * k - 1) / 12.0 for k, n in chain))
+
+
+def grid_chain(chain: Sequence[tuple[int, int]], grid: int,
+               reference_grid: int = REFERENCE_GRID) -> tuple[tuple[int, int], ...]:
+    """``chain`` rescaled from a ``reference_grid`` grid to a ``grid`` grid, same blur per image.
+
+    ``grid == reference_grid``: the chain unchanged. Smaller grids: box-3 passes whose summed
+    variance is nearest to the chain's variance × (grid / reference_grid)² (possibly none, e.g.
+    the d_rec2d pre-smoothing at G = 32). Larger grids: every kernel's half-width scaled, passes
+    kept.
+    """
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    if grid == reference_grid:
+        return tuple((int(k), int(n)) for k, n in chain)
+    s = grid / reference_grid
+    if s < 1:
+        n3 = int(round(chain_variance(chain) * s * s / chain_variance(((3, 1),))))
+        return ((3, n3),) if n3 else ()
+    return tuple((2 * int(round((k - 1) / 2 * s)) + 1, int(n)) for k, n in chain)
 
 
 def smooth_chain(x: Tensor, chain: Sequence[tuple[int, int]]) -> Tensor:
