@@ -3,11 +3,19 @@
 Metrics follow the reference (`inference.py`), each on its own normalisation of the smoothed
 fused map Ψ (at grid resolution, against the GT resized to the grid):
 - AUPRO@30/10/5/1 % on Ψ / mean(non-zero Ψ), paper protocol (99 thresholds) and, under
-  `exact`, the all-threshold protocol of the official MVTec 3D-AD evaluation;
+  `exact`, every distinct score a threshold (still on the grid);
 - P-AUROC on Ψ / sqrt(mean(Ψ)) over all pixels of all images;
 - I-AUROC on the image scores max(Ψ / sqrt(mean(non-zero Ψ))).
 All values are fractions in [0, 1]; a metric that is undefined for the data (e.g. no defective
-sample) is null, with the reason in `notes`.
+sample) is null, with the reason in `notes`. These top-level values are protocol
+:data:`PAPER_PROTOCOL`.
+
+`metrics["protocols"]` names every protocol and holds its values: :data:`PAPER_PROTOCOL` (the
+above) and, unless switched off, :data:`OFFICIAL_PROTOCOL`, the official MVTec 3D-AD evaluation:
+the maps brought to the ground truth's full resolution (bilinear, the square pad undone, as
+`predict` writes them), every distinct score a threshold, AUPRO integrated to 0.3 / 0.1 / 0.05 /
+0.01 and divided by the limit (`metrics.au_pro(num_thresholds=None)`), P-AUROC over the
+full-resolution pixels; I-AUROC is resolution-free (the image scores).
 """
 
 from __future__ import annotations
@@ -33,6 +41,14 @@ METRIC_KEYS = ("i_auroc", "p_auroc", *AUPRO_KEYS)
 MVTEC_CATEGORIES = ("bagel", "cable_gland", "carrot", "cookie", "dowel", "foam", "peach",
                     "potato", "rope", "tire")
 MODALITY_ROWS = (("rgb", "RGB"), ("xyz", "3D"), ("rgb+xyz", "RGB+3D"))
+PAPER_PROTOCOL = "paper-grid-99thr"
+"""The paper's code: maps and GT on the G×G grid (224² at the paper preset), AUPRO from 99
+thresholds at fixed positions of the sorted normal scores."""
+OFFICIAL_PROTOCOL = "mvtec3d-official"
+"""The dataset's own evaluation: full GT resolution, exact thresholds."""
+PROTOCOLS = {PAPER_PROTOCOL: "maps and GT on the feature grid, 99 thresholds (the paper's code)",
+             OFFICIAL_PROTOCOL: "maps at the GT's full resolution, every distinct score a "
+                                "threshold (the MVTec 3D-AD evaluation script)"}
 
 
 @dataclass
@@ -87,14 +103,65 @@ def compute_metrics(maps: np.ndarray, gts: np.ndarray, labels: np.ndarray, score
     return out, curve
 
 
+def full_resolution_maps(r: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A `Result` → (AUPRO map, P-AUROC map) at its original resolution, float32 (H, W).
+
+    The normalisations of :func:`compute_metrics` applied to the upsampled Ψ: ``anomaly_map`` is
+    Ψ↑ / sqrt(mean_nz Ψ), so Ψ↑ / mean_nz Ψ and Ψ↑ / sqrt(mean Ψ) are rescalings of it (bilinear
+    resizing commutes with a per-image factor).
+    """
+    psi = np.asarray(r.map_grid, dtype=np.float64)
+    nz = psi[psi != 0]
+    if nz.size == 0:
+        raise EvaluationError(f"{r.key}: the anomaly map is all zero")
+    m_nz, m_all = float(nz.mean()), float(psi.mean())
+    amap = np.asarray(r.anomaly_map, dtype=np.float64)
+    return ((amap / np.sqrt(m_nz)).astype(np.float32),
+            (amap * np.sqrt(m_nz / m_all)).astype(np.float32))
+
+
+def official_metrics(pro_maps: Sequence[np.ndarray], pix_maps: Sequence[np.ndarray],
+                     gts: Sequence[np.ndarray], labels: np.ndarray, scores: np.ndarray
+                     ) -> dict[str, Any]:
+    """:data:`OFFICIAL_PROTOCOL` metrics from full-resolution maps (lists of (H_i, W_i)) and GT."""
+    from .metrics import au_pro, image_auroc, pixel_auroc
+
+    notes: list[str] = []
+    out: dict[str, Any] = {"protocol": OFFICIAL_PROTOCOL}
+    out["i_auroc"] = _safe(lambda: float(image_auroc(labels, scores)), notes, "I-AUROC")
+    out["p_auroc"] = _safe(lambda: float(pixel_auroc(list(pix_maps), list(gts))), notes, "P-AUROC")
+    vals = _safe(lambda: au_pro(list(pro_maps), list(gts), LIMITS, num_thresholds=None), notes, "AUPRO")
+    for i, k in enumerate(AUPRO_KEYS):
+        out[k] = None if vals is None else float(vals[i])
+    out["notes"] = notes
+    return out
+
+
+def _full_gt(sample: Any, shape: tuple[int, int]) -> np.ndarray:
+    """The sample's GT mask at its original resolution (all False for a good sample)."""
+    gt = getattr(sample, "gt", None)
+    if gt is None:
+        return np.zeros(shape, dtype=bool)
+    g = np.asarray(gt)
+    m = (g > 127) if g.dtype == np.uint8 else g.astype(bool)
+    if m.shape != tuple(shape):
+        raise EvaluationError(f"{getattr(sample, 'key', '?')}: GT mask {m.shape} and image "
+                              f"{tuple(shape)} differ in size")
+    return m
+
+
 def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", category: str = "",
                       batch_size: int | None = None, progress: bool = False,
-                      keep_examples: int = 6) -> Evaluation:
-    """Run `det` over `dataset` (samples with labels and GT) and compute every metric."""
+                      keep_examples: int = 6, official: bool = True) -> Evaluation:
+    """Run `det` over `dataset` (samples with labels and GT) and compute every metric.
+
+    official: also compute the :data:`OFFICIAL_PROTOCOL` metrics (keeps one full-resolution map
+    pair per sample in memory)."""
     n = len(dataset)
     if n == 0:
         raise UserInputError("the test set is empty")
     maps, gts, labels, scores, branches, examples = [], [], [], [], [], []
+    full_pro, full_pix, full_gt = [], [], []
     want = _example_indices(dataset, keep_examples)
     _ = det.extractor  # build the backbones outside the timed loop
     mem = PeakMemory(det.device)
@@ -108,6 +175,11 @@ def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", categ
         labels.append(r.label)
         scores.append(r.score)
         branches.append(r.branch)
+        if official:
+            a, b = full_resolution_maps(r)
+            full_pro.append(a)
+            full_pix.append(b)
+            full_gt.append(_full_gt(dataset[i], a.shape))
         if i in want:
             examples.append((r, dataset[i]))
     elapsed = time.perf_counter() - t0
@@ -119,9 +191,17 @@ def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", categ
         "n": n, "n_defective": int(np.sum(np.asarray(labels) == 1)),
         "fps": n / elapsed if elapsed > 0 else None, "seconds": elapsed,
         "peak_memory_mb": peak, "peak_memory_kind": kind, "device": str(det.device),
-        "protocol": "paper (99 thresholds); exact: all thresholds",
+        "protocol": PAPER_PROTOCOL,
         "branches_used": {b: branches.count(b) for b in sorted(set(branches))},
     })
+    paper = {k: metrics[k] for k in METRIC_KEYS}
+    metrics["protocols"] = {PAPER_PROTOCOL: {"protocol": PAPER_PROTOCOL, **paper,
+                                             "exact_thresholds_on_grid": dict(metrics["exact"])}}
+    if official:
+        metrics["protocols"][OFFICIAL_PROTOCOL] = official_metrics(
+            full_pro, full_pix, full_gt, np.asarray(labels), np.asarray(scores))
+    metrics["protocol_descriptions"] = {k: v for k, v in PROTOCOLS.items()
+                                        if k in metrics["protocols"]}
     if fallback:
         metrics["notes"].append(f"{fallback} sample(s) were scored with a single-modality branch "
                                 "(missing or empty input)")
@@ -166,6 +246,13 @@ def summary(evals: Sequence[Evaluation]) -> dict[str, Any]:
     for k in AUPRO_KEYS:
         vals = [(e.metrics.get("exact") or {}).get(k) for e in sel]
         out["exact"][k] = None if any(v is None for v in vals) else float(np.mean(vals))
+    out["protocols"] = {}
+    for p in PROTOCOLS:
+        vals = {k: [_metric(e, k, p) for e in sel] for k in METRIC_KEYS}
+        if all(v is None for vs in vals.values() for v in vs):
+            continue
+        out["protocols"][p] = {k: None if any(v is None for v in vs) else float(np.mean(vs))
+                               for k, vs in vals.items()}
     fps = [e.metrics.get("fps") for e in sel if e.metrics.get("fps")]
     out["fps"] = float(np.mean(fps)) if fps else None
     out["peak_memory_mb"] = max(e.metrics.get("peak_memory_mb") or 0 for e in evals)
@@ -193,18 +280,37 @@ def csv_table(evals: Sequence[Evaluation]) -> str:
     return buf.getvalue()
 
 
-def paper_tables(evals: Sequence[Evaluation]) -> str:
-    """Tables laid out like the paper's Tables 1–3 (and 9): one table per metric, rows
-    RGB / 3D / RGB+3D, one column per category plus the mean; values in %."""
+def _metric(e: Evaluation, key: str, protocol: str) -> Any:
+    """Value of ``key`` in ``protocol`` (the top-level value for the paper protocol of an
+    evaluation written before `protocols` existed)."""
+    prot = (e.metrics.get("protocols") or {}).get(protocol)
+    if prot is not None:
+        return prot.get(key)
+    return e.metrics.get(key) if protocol == PAPER_PROTOCOL else None
+
+
+PAPER_TABLE_METRICS = (("i_auroc", "I-AUROC (%) — cf. Table 1"),
+                       ("aupro_30", "AUPRO@30% (%) — cf. Table 2"),
+                       ("aupro_10", "AUPRO@10% (%)"),
+                       ("aupro_5", "AUPRO@5% (%)"),
+                       ("aupro_1", "AUPRO@1% (%) — cf. Table 3"),
+                       ("p_auroc", "P-AUROC (%) — cf. Table 9"))
+
+
+def paper_tables(evals: Sequence[Evaluation], protocol: str = PAPER_PROTOCOL) -> str:
+    """Tables laid out like the paper's Tables 1–3 (and 9): one table per metric (I-AUROC,
+    AUPRO at each limit, P-AUROC), rows RGB / 3D / RGB+3D, one column per category plus the
+    mean; values in %, from ``protocol`` (named in every table title)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
     cats_present = {e.category for e in evals}
     cats = [c for c in MVTEC_CATEGORIES if c in cats_present] + sorted(cats_present - set(MVTEC_CATEGORIES))
     out = []
-    for key, title in (("i_auroc", "I-AUROC (%) — cf. Table 1"), ("aupro_30", "AUPRO@30% (%) — cf. Table 2"),
-                       ("aupro_1", "AUPRO@1% (%) — cf. Table 3"), ("p_auroc", "P-AUROC (%) — cf. Table 9")):
-        lines = [f"### {title}", "", "| Method | " + " | ".join(cats) + " | Mean |",
+    for key, title in PAPER_TABLE_METRICS:
+        lines = [f"### {title} — protocol {protocol}", "", "| Method | " + " | ".join(cats) + " | Mean |",
                  "|---|" + "---|" * (len(cats) + 1)]
         for mod, label in MODALITY_ROWS:
-            by_cat = {e.category: e.metrics.get(key) for e in evals if e.modality == mod}
+            by_cat = {e.category: _metric(e, key, protocol) for e in evals if e.modality == mod}
             if not by_cat:
                 continue
             vals = [by_cat.get(c) for c in cats]
@@ -212,6 +318,13 @@ def paper_tables(evals: Sequence[Evaluation]) -> str:
             lines.append(f"| CMDR-IAD ({label}) | " + " | ".join(_pct(v) for v in vals) + f" | {_pct(mean)} |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
+
+
+def all_paper_tables(evals: Sequence[Evaluation]) -> str:
+    """:func:`paper_tables` for every protocol the evaluations carry (the paper's first)."""
+    have = [p for p in PROTOCOLS if p == PAPER_PROTOCOL
+            or any(p in (e.metrics.get("protocols") or {}) for e in evals)]
+    return "\n".join(f"## Protocol {p}: {PROTOCOLS[p]}\n\n" + paper_tables(evals, p) for p in have)
 
 
 def pro_curve_svg(evals: Sequence[Evaluation]) -> str | None:
@@ -243,7 +356,7 @@ def write_reports(out_dir: str | Path, evals: Sequence[Evaluation], extra: dict[
         "metrics.json": json.dumps(doc, indent=2, sort_keys=True, default=float),
         "metrics.csv": csv_table(evals),
         "metrics.md": markdown_table(evals),
-        "paper_tables.md": paper_tables(evals),
+        "paper_tables.md": all_paper_tables(evals),
     }
     svg = pro_curve_svg(evals)
     if svg:

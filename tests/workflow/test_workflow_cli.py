@@ -40,6 +40,12 @@ def test_train_evaluate_predict(cli, synth_root, tmp_path, modality, tiny_model)
         assert 0.0 <= m[k] <= 1.0, (k, m[k])
         assert 0.0 <= m["exact"][k if k.startswith("aupro") else "aupro_30"] <= 1.0
     assert m["fps"] > 0 and m["peak_memory_mb"] > 0 and m["random_backbones"] is True
+    prot = m["models"][0]["metrics"]["protocols"]  # each value carries its protocol's name
+    assert set(prot) == {"paper-grid-99thr", "mvtec3d-official"}
+    assert prot["paper-grid-99thr"]["p_auroc"] == m["p_auroc"]
+    for k in METRIC_KEYS:
+        assert 0.0 <= prot["mvtec3d-official"][k] <= 1.0, (k, prot)
+    assert "protocol mvtec3d-official" in (rep / "paper_tables.md").read_text()
     for f in ("metrics.csv", "metrics.md", "paper_tables.md", "pro_curve.svg", "report.html"):
         assert (rep / f).is_file(), f
     html = (rep / "report.html").read_text()
