@@ -9,6 +9,7 @@ See `inference` for the scoring branches and `calibration` for the threshold rul
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -246,11 +247,23 @@ class CMDRIAD:
         deleted afterwards, when None). `checkpoint`: folder of the per-epoch checkpoint;
         `resume` continues from it. Returns the `training.TrainReport`.
         """
-        from .features.store import CachedSampleStore, open_cache
+        from .features.store import (
+            CachedSampleStore,
+            check_cache_space,
+            expected_cache_bytes,
+            open_cache,
+        )
         from .training import fingerprint, train_heads
 
         if len(train_dataset) == 0:
             raise UserInputError("the training set is empty")
+        n_samples = len(train_dataset) + (0 if val_dataset is None else len(val_dataset))
+        need = expected_cache_bytes(self.extractor, n_samples)
+        where = cache_dir if cache_dir is not None else tempfile.gettempdir()
+        if log:
+            log(f"feature cache: {where}, at most {need / 1e6:.0f} MB for {n_samples} samples "
+                "(less when entries exist or pixels lack 3D points)")
+        check_cache_space(where, need)
         with open_cache(cache_dir) as cache:
             entries = self._cache(train_dataset, cache, progress, "train")
             store = CachedSampleStore(entries, self.modality)
