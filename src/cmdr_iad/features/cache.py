@@ -61,7 +61,7 @@ from .extractor import Features
 from .points3d import Interpolation
 
 __all__ = ["FeatureCache", "CachedFeatures", "CompactCache", "ENCODER_KINDS", "hash_files",
-           "hash_bytes", "cache_summary"]
+           "hash_bytes", "cache_summary", "classify_folder"]
 
 CACHE_FORMAT = 1
 _DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -436,6 +436,17 @@ def _folder_bytes(folder: Path) -> int:
     return total
 
 
+def classify_folder(name: str) -> str:
+    """Kind of a cache subfolder by its name: "vit" / "point_mae" (compact store, this format),
+    "dense" (`FeatureCache`), else "other"."""
+    parts = name.split("-")
+    if len(parts) == 4 and parts[0] == f"v{COMPACT_FORMAT}" and parts[1] in ENCODER_KINDS:
+        return parts[1]
+    if len(parts) == 2 and parts[1] in ("f32", "f16") and len(parts[0]) == 64:
+        return "dense"
+    return "other"
+
+
 def cache_summary(root: str | os.PathLike) -> dict[str, dict[str, int]]:
     """Entries and bytes per kind of a cache folder: "vit" and "point_mae" (compact store),
     "dense" (`FeatureCache` folders of the point-cloud models), "other" (anything else, e.g.
@@ -446,15 +457,8 @@ def cache_summary(root: str | os.PathLike) -> dict[str, dict[str, int]]:
         return out
     for sub in sorted(r.iterdir()):
         if not sub.is_dir():
-            out["other"]["bytes"] += sub.stat().st_size if sub.is_file() else 0
             continue
-        parts = sub.name.split("-")
-        if len(parts) == 4 and parts[0] == f"v{COMPACT_FORMAT}" and parts[1] in ENCODER_KINDS:
-            kind = parts[1]
-        elif len(parts) == 2 and parts[1] in ("f32", "f16"):
-            kind = "dense"
-        else:
-            kind = "other"
+        kind = classify_folder(sub.name)
         out[kind]["folders"] += 1
         out[kind]["entries"] += len(_entry_names(sub))
         out[kind]["bytes"] += _folder_bytes(sub)
