@@ -168,7 +168,8 @@ def test_float16_store_is_close(ex, batch, tmp_path):
 
 
 def test_space_check(ex, tmp_path):
-    need = expected_cache_bytes(ex, 10)
+    need = expected_cache_bytes(CFG, "rgb+xyz", 10)
+    assert expected_cache_bytes(CFG, "rgb", 10, dtype="float16") < need / 2
     assert need > 10 * compact_nbytes(CFG.grid_size, tokens=8, num_group=CFG.num_group)
     assert check_cache_space(tmp_path / "new" / "folder", need) >= need
     with pytest.raises(UserInputError, match="not enough free space.*new"):

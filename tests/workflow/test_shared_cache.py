@@ -55,7 +55,24 @@ def test_not_enough_space_stops_before_extraction(synth_root, tmp_path, monkeypa
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10, 10, 1000))
+    monkeypatch.setattr(vit, "create_vit", lambda *a, **k: pytest.fail("backbone loaded"))
     monkeypatch.setattr(vit, "vit_feature_map", lambda *a: pytest.fail("extraction started"))
     data = (MVTec3DDataset(synth_root, "puck", "train", require_points=False), None)
     with pytest.raises(UserInputError, match=f"not enough free space.*{tmp_path.name}"):
         _fit("rgb", data, tmp_path / "cache")
+
+
+def test_train_cli_prints_the_size_and_exits_2_without_space(cli, synth_root, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10, 10, 1000))
+    rc, out, err = cli("train", synth_root, "--category", "puck", "--preset", "tiny",
+                       "--random-backbones", "--out", tmp_path / "m", "--cache-dir", tmp_path / "fc",
+                       "--device", "cpu")
+    last = err.strip().splitlines()[-1]  # (the random-backbones notice comes first)
+    assert rc == 2 and last.startswith("cmdr-iad: error: not enough free space"), err
+    assert err.count("error") == 1 and str(tmp_path / "fc") in last
+    assert "feature cache:" in out and "MB" in out
+    assert not (tmp_path / "m").exists()

@@ -206,15 +206,16 @@ def entry_rows(entry: SampleEntry, device: torch.device | str = "cpu") -> Sample
                       None if f.f3d is None else DenseRows(f.f3d[0]), f.valid[0])
 
 
-def expected_cache_bytes(extractor: Any, n_samples: int, *, dtype: str = "float32",
+def expected_cache_bytes(cfg: Any, modality: str, n_samples: int, *, dtype: str = "float32",
                          valid_fraction: float = 1.0) -> int:
-    """Upper estimate of the bytes ``n_samples`` new entries take (every pixel valid by default;
-    ~4 KiB of file headers and metadata per entry)."""
-    cfg = extractor.cfg
+    """Upper estimate of the bytes ``n_samples`` new entries of a ``modality`` model with feature
+    config ``cfg`` (`FeatureConfig`) take: every pixel valid by default, ~4 KiB of file headers
+    and metadata per entry. Needs no extractor (no backbone is loaded)."""
+    uses_rgb, uses_xyz = modality in ("rgb", "rgb+xyz"), modality in ("xyz", "rgb+xyz")
     per = compact_nbytes(cfg.grid_size, tokens=cfg.rgb_size // 8, num_group=cfg.num_group,
-                         valid_fraction=valid_fraction, uses_rgb=extractor.uses_rgb,
-                         uses_xyz=extractor.uses_xyz, float_bytes=2 if dtype == "float16" else 4)
-    n_entries = int(extractor.uses_rgb) + int(extractor.uses_xyz)
+                         valid_fraction=valid_fraction, uses_rgb=uses_rgb, uses_xyz=uses_xyz,
+                         float_bytes=2 if dtype == "float16" else 4)
+    n_entries = int(uses_rgb) + int(uses_xyz)
     return int(n_samples) * (per + 4096 * n_entries)
 
 
