@@ -96,7 +96,7 @@ def test_prefetch_gives_bit_identical_training(recipe):
         store = _ThreadRecordingStore(f2d, f3d)
         steps: list[dict[str, float]] = []
         rep = train_heads(heads, store, TrainConfig(epochs=2, batch_size=2, seed=3), progress=False,
-                          prefetch=prefetch, on_step=lambda e, b, losses: steps.append(dict(losses)))
+                          prefetch=prefetch, on_step=lambda e, b, losses, steps=steps: steps.append(dict(losses)))
         runs.append((rep.history, steps, {f"{n}.{k}": v for n, h in heads.items()
                                           for k, v in h.state_dict().items()}, store.threads))
     (h0, s0, w0, t0), (h1, s1, w1, t1) = runs

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_extractor import CFG, make_cloud, make_rgb  # same folder (rootdir-relative import)
 
+from cmdr_iad.errors import UserInputError
 from cmdr_iad.features.cache import CompactCache, cache_summary
 from cmdr_iad.features.compact import Tokens2D, compact_nbytes, dense_f2d, dense_f3d, packed_f3d
 from cmdr_iad.features.extractor import FeatureExtractor
@@ -21,9 +23,6 @@ from cmdr_iad.features.store import (
     entry_rows,
     expected_cache_bytes,
 )
-from cmdr_iad.errors import UserInputError
-
-from test_extractor import CFG, make_cloud, make_rgb  # same folder (rootdir-relative import)
 
 
 @pytest.fixture(autouse=True)
@@ -182,9 +181,9 @@ def test_paper_size_estimate_under_16_mb():
 
 
 def test_head_gradients_from_rebuilt_maps_equal_dense(ex, batch, tmp_path):
+    from cmdr_iad.model.distances import masked_head_loss
     from cmdr_iad.model.heads import build_heads
     from cmdr_iad.training import TASKS, tokens
-    from cmdr_iad.model.distances import masked_head_loss
 
     rgb, xyz, full = batch
     entries = cache_features(ex, _dataset(rgb, xyz), CompactCache(tmp_path), _transform)
