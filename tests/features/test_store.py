@@ -200,3 +200,38 @@ def test_head_gradients_from_rebuilt_maps_equal_dense(ex, batch, tmp_path):
         grads.append([p.grad.clone() for p in heads.parameters() if p.grad is not None])
     assert len(grads[0]) > 10
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_interrupted_write_leaves_no_entry(tmp_path, monkeypatch):
+    from cmdr_iad.features import cache as cache_mod
+
+    c = CompactCache(tmp_path)
+    calls = []
+
+    def failing_save(fh, a, allow_pickle=False):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return np.lib.format.write_array(fh, a, allow_pickle=allow_pickle)
+
+    monkeypatch.setattr(cache_mod.np, "save", failing_save)
+    pts = _points_stub()
+    with pytest.raises(OSError, match="disk full"):
+        c.put("point_mae", "k" * 64, "s", pts)
+    folder = c.folder("point_mae", "k" * 64)
+    assert c.get("point_mae", "k" * 64, "s") is None and list(folder.iterdir()) == []
+    monkeypatch.undo()
+    back = c.put("point_mae", "k" * 64, "s", pts)
+    assert torch.equal(back.interp.idx.long(), pts.interp.idx) and back.interp.idx.dtype == torch.int16
+    assert c.keys("point_mae", "k" * 64) == ["s"]
+
+
+def _points_stub():
+    from cmdr_iad.features.compact import Points3D
+    from cmdr_iad.features.points3d import Interpolation
+
+    g = torch.Generator().manual_seed(0)
+    pix = torch.tensor([0, 5, 7, 12])
+    return Points3D(torch.randn(1152, 6, generator=g),
+                    Interpolation(torch.randint(0, 6, (3, 4), generator=g), torch.rand(3, 4, generator=g), pix),
+                    torch.zeros(4, 4, dtype=torch.bool).index_put_((pix // 4, pix % 4), torch.tensor(True)))
