@@ -229,9 +229,8 @@ def interpolate_to_grid(features: Tensor, points: Tensor, centres: Tensor, pix: 
     """
     c = features.shape[0]
     feats = features.contiguous()
-    sqd, idx = three_nn(points[None], centres[None])
-    wts = inverse_distance_weights(sqd)[0].T  # (3, n)
-    idx = idx[0].T
+    interp = interpolation_weights(points, centres, pix)
+    idx, wts = interp.idx, interp.wts  # (3, n) each
     grid = torch.zeros(c, num_pixels, dtype=torch.float32, device=features.device)
     for p0 in range(0, points.shape[0], _POINT_CHUNK):
         sl = slice(p0, p0 + _POINT_CHUNK)
@@ -293,14 +292,6 @@ def apply_interpolation(features: Tensor, interp: Interpolation, num_pixels: int
             del val
         yield k, grid
         del grid
-
-
-def _interpolated_blocks(features: Tensor, points: Tensor, centres: Tensor, pix: Tensor,
-                         num_pixels: int, timer: _Timer) -> Iterator[tuple[int, Tensor]]:
-    """`apply_interpolation` of `interpolation_weights(points, centres, pix)`."""
-    with timer("interpolation"):
-        interp = interpolation_weights(points, centres, pix)
-    yield from apply_interpolation(features, interp, num_pixels, timer)
 
 
 @torch.no_grad()
