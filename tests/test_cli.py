@@ -17,7 +17,8 @@ def test_version(capsys):
 
 VERBS = ["demo", "synth", "preprocess", "convert", "train", "evaluate", "predict", "import-official",
          "pointcloud", "benchmark", "weights", "pointcloud build", "pointcloud train",
-         "pointcloud evaluate", "pointcloud predict", "pointcloud table8", "convert eyecandies"]
+         "pointcloud evaluate", "pointcloud predict", "pointcloud table8", "convert eyecandies",
+         "cache", "cache info", "cache clean"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

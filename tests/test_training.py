@@ -72,3 +72,34 @@ def test_heldout_absent_leaves_the_columns_empty(recipe, tmp_path):
                       TrainConfig(epochs=1), progress=False)
     back = read_train_log(write_train_log(tmp_path / "log.csv", rep))
     assert back[0]["loss_rec3d"] > 0 and back[0]["heldout_rec3d"] is None and back[0]["loss_map3d"] is None
+
+
+class _ThreadRecordingStore(TokenStore):
+    """TokenStore that records which thread read each batch."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.threads: list[str] = []
+
+    def batch(self, indices):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return super().batch(indices)
+
+
+def test_prefetch_gives_bit_identical_training(recipe):
+    f2d, f3d = features(5, missing=[0.0, 0.4, 0.5, 1.0, 0.2])
+    runs = []
+    for prefetch in (False, True):
+        heads = small_heads(recipe, dropout=0.1)  # dropout: the RNG order matters too
+        store = _ThreadRecordingStore(f2d, f3d)
+        steps: list[dict[str, float]] = []
+        rep = train_heads(heads, store, TrainConfig(epochs=2, batch_size=2, seed=3), progress=False,
+                          prefetch=prefetch, on_step=lambda e, b, losses, steps=steps: steps.append(dict(losses)))
+        runs.append((rep.history, steps, {f"{n}.{k}": v for n, h in heads.items()
+                                          for k, v in h.state_dict().items()}, store.threads))
+    (h0, s0, w0, t0), (h1, s1, w1, t1) = runs
+    assert h0 == h1 and s0 == s1 and len(s0) == 4
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert set(t0) == {"MainThread"} and t1 and all(t.startswith("cmdr-iad-prefetch") for t in t1)

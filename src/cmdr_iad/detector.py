@@ -9,6 +9,7 @@ See `inference` for the scoring branches and `calibration` for the threshold rul
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -239,24 +240,39 @@ class CMDRIAD:
     def fit(self, train_dataset: Sequence[Any], val_dataset: Sequence[Any] | None = None, *,
             cache_dir: str | Path | None = None, checkpoint: str | Path | None = None,
             resume: bool = False, progress: bool = True, threshold_quantile: float = 1.0,
-            log=None) -> Any:
+            log=None, feature_dtype: str = "float32") -> Any:
         """Train the heads on `train_dataset` (normal samples) and calibrate the thresholds.
 
-        Features are extracted once into the on-disk cache at `cache_dir` (a temporary folder,
-        deleted afterwards, when None). `checkpoint`: folder of the per-epoch checkpoint;
+        Features are extracted once into the compact on-disk cache at `cache_dir` (a temporary
+        folder, deleted afterwards, when None; `feature_dtype` "float16" halves it, rounding the
+        features); the expected size is logged and a filesystem without room for it stops the run
+        (`UserInputError`) before any extraction. `checkpoint`: folder of the per-epoch checkpoint;
         `resume` continues from it. Returns the `training.TrainReport`.
         """
-        from .features.store import CachedSampleStore, open_cache
+        from .features.store import (
+            CachedSampleStore,
+            check_cache_space,
+            expected_cache_bytes,
+            open_cache,
+        )
         from .training import fingerprint, train_heads
 
         if len(train_dataset) == 0:
             raise UserInputError("the training set is empty")
-        with open_cache(cache_dir) as cache:
+        n_samples = len(train_dataset) + (0 if val_dataset is None else len(val_dataset))
+        need = expected_cache_bytes(self.config.features, self.modality, n_samples, dtype=feature_dtype)
+        where = cache_dir if cache_dir is not None else tempfile.gettempdir()
+        if log:
+            log(f"feature cache: {where}, at most {need / 1e6:.0f} MB for {n_samples} samples "
+                "(less when entries exist or pixels lack 3D points)")
+        check_cache_space(where, need)
+        with open_cache(cache_dir, dtype=feature_dtype) as cache:
             entries = self._cache(train_dataset, cache, progress, "train")
             store = CachedSampleStore(entries, self.modality)
             run_cfg = self.config.to_dict()
             run_cfg["train"].pop("epochs")  # a resumed run may extend the number of epochs
-            fp = fingerprint(run_cfg, self.extractor.cache_key(), [e.sample_key for e in entries])
+            fp = fingerprint(run_cfg, self.extractor.cache_key(), [e.sample_key for e in entries],
+                             *([feature_dtype] if feature_dtype != "float32" else []))
             heldout = None  # normal validation samples: held-out error per epoch (train_log.csv)
             if val_dataset is not None and len(val_dataset) > 0:
                 normal = [i for i in range(len(val_dataset))

@@ -40,6 +40,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,30 @@ def _batch_tokens(store: FeatureStore, indices: Sequence[int], device: torch.dev
     return tok, valid
 
 
+def prefetch_batches(store: FeatureStore, batches: Sequence[Sequence[int]], device: torch.device,
+                     all_valid: bool, enabled: bool = True
+                     ) -> Iterator[tuple[dict[str, torch.Tensor | None], torch.Tensor]]:
+    """`_batch_tokens` of each batch of indices, in order. With ``enabled``, a background
+    thread reads (and rebuilds, for the compact store) the next batch while the caller trains
+    on the current one, so an epoch is bound by the heads' compute; at most two batches are in
+    memory. The batches are the same tensors either way (`store.batch` uses no RNG)."""
+    if not enabled:
+        for idx in batches:
+            yield _batch_tokens(store, idx, device, all_valid)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cmdr-iad-prefetch") as pool:
+        def submit(k: int) -> Future | None:
+            if k >= len(batches):
+                return None
+            return pool.submit(_batch_tokens, store, batches[k], device, all_valid)
+
+        nxt = submit(0)
+        for k in range(len(batches)):
+            current = nxt.result()  # type: ignore[union-attr]
+            nxt = submit(k + 1)
+            yield current
+
+
 @torch.no_grad()
 def heldout_losses(heads: Mapping[str, nn.Module], store: FeatureStore, *, batch_size: int = 1,
                    device: torch.device | str = "cpu", all_valid: bool = False) -> dict[str, float]:
@@ -314,6 +339,7 @@ def train_heads(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_step: StepHook | None = None,
+    prefetch: bool = True,
 ) -> TrainReport:
     """Train every head in `heads` (names from `TASKS`) on the features of `store`.
 
@@ -321,7 +347,8 @@ def train_heads(
     `heldout`: normal samples not trained on; their mean loss per head goes into `report.log`
     after every epoch. `checkpoint`: folder of the per-epoch checkpoint; with `resume` an
     existing one is continued. `on_step(epoch, batch, {head name: loss})` is called after each
-    batch with the losses of the heads that stepped.
+    batch with the losses of the heads that stepped. `prefetch`: read the next batch in a
+    background thread while the heads train (`prefetch_batches`; same results as without).
     """
     device = torch.device(device)
     unknown = set(heads) - set(TASKS)
@@ -367,8 +394,9 @@ def train_heads(
             sums = {name: 0.0 for name in heads}
             counts = {name: 0 for name in heads}
             skipped_before = sum(report.skipped_steps.values())
-            for b, b0 in enumerate(range(0, len(order), cfg.batch_size)):
-                tok, valid = _batch_tokens(store, order[b0:b0 + cfg.batch_size], device, all_valid)
+            batches = [order[b0:b0 + cfg.batch_size] for b0 in range(0, len(order), cfg.batch_size)]
+            for b, (tok, valid) in enumerate(prefetch_batches(store, batches, device, all_valid,
+                                                              enabled=prefetch)):
                 stepped: dict[str, float] = {}
                 for name, head in heads.items():
                     src, dst, _ = TASKS[name]

@@ -222,6 +222,7 @@ def _verbs(data: Path, model: Path, tmp: Path, out: Path) -> dict[str, list]:
         "benchmark --json": ["benchmark", "--preset", "tiny", "--random-backbones", "--samples", "1",
                              "--json", out],
         "weights --json": ["weights", "--json", out],
+        "cache clean": ["cache", "clean", "--cache-dir", out, "--yes"],
         "demo": ["demo", "--out", out, "--random-backbones"],
     }
 

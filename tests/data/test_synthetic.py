@@ -112,3 +112,26 @@ def test_category_names_and_bad_arguments(tmp_path):
             generate_dataset(tmp_path / "x", **bad)
     with pytest.raises(ValueError):
         synth_sample("puck", size=(8, 8))
+
+
+def test_cloud_with_valid_fraction_exact_share_compact_object():
+    from cmdr_iad.data.synthetic import cloud_with_valid_fraction
+    from cmdr_iad.errors import UserInputError
+
+    rng = np.random.default_rng(0)
+    xyz = np.stack([*np.meshgrid(np.linspace(-1, 1, 20), np.linspace(-1, 1, 20)), np.full((20, 20), 0.5)],
+                   axis=-1).astype(np.float32) + 0.01
+    xyz[rng.random((20, 20)) < 0.3] = 0  # 30 % missing: 95 % needs filling
+    for frac in (0.0, 0.2, 0.6, 0.95, 1.0):
+        out = cloud_with_valid_fraction(xyz, frac)
+        valid = (out != 0).all(-1)
+        assert int(valid.sum()) == round(frac * 400) and out.dtype == xyz.dtype
+        kept = valid & (xyz != 0).all(-1)
+        assert np.array_equal(out[kept], xyz[kept])  # original points unchanged
+        if 0 < frac < 1:
+            assert valid[10, 10] and not valid[0, 0]  # around the centre
+    assert (xyz != 0).all(-1).sum() < 0.95 * 400
+    with pytest.raises(UserInputError):
+        cloud_with_valid_fraction(xyz, 1.5)
+    with pytest.raises(UserInputError):
+        cloud_with_valid_fraction(xyz[..., :2], 0.5)

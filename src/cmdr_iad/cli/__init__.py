@@ -30,6 +30,7 @@ VERB_MODULES = (
     "benchmark",
     "serve",
     "weights",
+    "cache",
 )
 
 

@@ -53,7 +53,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-validation", action="store_true",
                    help="do not use the validation split (threshold from the training samples)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="feature cache folder (default: <weights folder>/features)")
+                   help="feature cache folder (default: <weights folder>/features; see "
+                        "`cmdr-iad cache info`)")
+    p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
+                   help="precision of the cached features (float16 halves the cache and rounds "
+                        "the features; default float32, exact)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint of an interrupted run with the same settings")
     add_units(p)
@@ -163,7 +167,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     report = det.fit(train_ds, val_ds, cache_dir=cache_dir, checkpoint=ckpt, resume=args.resume,
                      progress=not args.quiet, threshold_quantile=args.threshold_quantile,
-                     log=lambda m: say(args, m))
+                     log=lambda m: say(args, m), feature_dtype=args.feature_dtype)
     det.info.update({"category": args.category, "data_root": str(root.resolve()),
                      "units": args.units, "config_file": args.config,
                      "train_seconds": time.perf_counter() - t0})

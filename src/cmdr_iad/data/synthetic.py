@@ -388,3 +388,36 @@ def generate_dataset(out: str | os.PathLike, categories: Sequence[str] | int = (
     with atomic_output(out / "synthetic.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def cloud_with_valid_fraction(xyz: np.ndarray, fraction: float) -> np.ndarray:
+    """A copy of the organised cloud ``xyz`` (H, W, 3) with exactly ``round(fraction·H·W)``
+    valid points, the grid points nearest the centre (one compact object, like a preprocessed
+    scan); every other point is zeroed (a zero coordinate marks a missing point). Missing points
+    inside that disc are filled in on the cloud's plane (x, y fitted linearly to the pixel
+    position, z the median depth), so any fraction can be reached.
+
+    Raises `UserInputError` for a bad shape or fraction, or a cloud with fewer than 3 points."""
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise UserInputError(f"xyz must be (H, W, 3), got {xyz.shape}")
+    if not 0.0 <= fraction <= 1.0:
+        raise UserInputError(f"the valid fraction must be in [0, 1], got {fraction}")
+    h, w, _ = xyz.shape
+    valid = (xyz != 0).all(axis=2)
+    if int(valid.sum()) < 3:
+        raise UserInputError("the cloud has fewer than 3 valid points")
+    yy, xx = np.mgrid[0:h, 0:w]
+    dist = ((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2).ravel()
+    keep = np.zeros(h * w, dtype=bool)
+    keep[np.argsort(dist, kind="stable")[:int(round(fraction * h * w))]] = True
+    keep = keep.reshape(h, w)
+    out = np.where(keep[..., None], xyz, 0).astype(xyz.dtype)
+    fill = keep & ~valid
+    if fill.any():
+        design = np.stack([xx[valid], yy[valid], np.ones(int(valid.sum()))], axis=1)
+        coef = np.linalg.lstsq(design, xyz[valid][:, :2], rcond=None)[0]  # (3, 2)
+        at = np.stack([xx[fill], yy[fill], np.ones(int(fill.sum()))], axis=1) @ coef
+        out[fill, 0], out[fill, 1] = at[:, 0], at[:, 1]
+        out[fill, 2] = np.median(xyz[valid][:, 2])
+        out[fill] = np.where(out[fill] == 0, 1e-6, out[fill])  # a filled point is never "missing"
+    return out

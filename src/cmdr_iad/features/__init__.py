@@ -11,6 +11,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "SampleRows": ".extractor",
     "FeatureCache": ".cache",
     "CachedFeatures": ".cache",
+    "CompactCache": ".cache",
     "CachedSampleStore": ".store",
     "cache_features": ".store",
     "resolve_weights": ".weights",

@@ -258,6 +258,76 @@ class FeatureExtractor:
         """Stable hash of config + weight identity + feature version."""
         return make_cache_key(self.identity)
 
+    def encoder_identity(self, kind: str) -> dict[str, Any]:
+        """What determines one encoder's compact features (the feature store's key).
+
+        kind "vit": feature version, ViT name, RGB side and DINO weights (the token map does not
+        depend on the grid, the transforms mode or the 3D side, so RGB-only and RGB+3D models
+        share it); "point_mae": feature version, grid side, transforms mode, grouping, BatchNorm
+        mode and Point-MAE weights.
+        """
+        c = self.cfg
+        if kind == "vit":
+            if not self.uses_rgb:
+                raise UserInputError(f"a {self.modality} extractor has no ViT")
+            cfg = {"vit_name": c.vit_name, "rgb_size": c.rgb_size}
+            w = self.identity["weights"]["dino"]
+        elif kind == "point_mae":
+            if not self.uses_xyz:
+                raise UserInputError(f"a {self.modality} extractor has no Point-MAE")
+            cfg = {"grid_size": c.grid_size, "transforms": c.transforms, "num_group": c.num_group,
+                   "group_size": c.group_size, "point_mae_bn": c.point_mae_bn}
+            w = self.identity["weights"]["point_mae"]
+        else:
+            raise UserInputError(f"encoder kind must be 'vit' or 'point_mae', got {kind!r}")
+        return {"feature_version": FEATURE_VERSION, "encoder": kind, "config": cfg,
+                "weights": {kind: w}}
+
+    def encoder_key(self, kind: str) -> str:
+        """Stable hash of :meth:`encoder_identity` (weights by SHA-256 or random seed)."""
+        ident = self.encoder_identity(kind)
+        return make_cache_key({**ident, "modality": kind})
+
+    @torch.no_grad()
+    def extract_tokens(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) normalised RGB → the ViT token map (B,768,S/8,S/8) float32, contiguous:
+        what :meth:`extract` upsamples to F2D (`compact.dense_f2d` does the same)."""
+        from .vit import vit_feature_map
+
+        if not self.uses_rgb:
+            raise UserInputError(f"a {self.modality} extractor has no ViT")
+        s = self.cfg.rgb_size
+        if not isinstance(rgb, torch.Tensor) or rgb.ndim != 4 or tuple(rgb.shape[1:]) != (3, s, s):
+            raise UserInputError(f"rgb must have shape (B,3,{s},{s}), got "
+                                 f"{tuple(getattr(rgb, 'shape', ()))}")
+        low = vit_feature_map(self.vit, rgb.to(self.device, torch.float32)).contiguous()
+        if self.device.type == "cpu":
+            release_memory()
+        return low
+
+    @torch.no_grad()
+    def extract_points(self, xyz: torch.Tensor) -> list[Any]:
+        """(B,3,G,G) organised clouds → one `compact.Points3D` per sample (group features,
+        interpolation, valid mask), as :meth:`extract` computes them for F3D."""
+        from .compact import Points3D
+        from .points3d import xyz_feature_map
+
+        if not self.uses_xyz:
+            raise UserInputError(f"a {self.modality} extractor has no Point-MAE")
+        g = self.cfg.grid_size
+        if not isinstance(xyz, torch.Tensor) or xyz.ndim != 4 or tuple(xyz.shape[1:]) != (3, g, g):
+            raise UserInputError(f"xyz must have shape (B,3,{g},{g}), got "
+                                 f"{tuple(getattr(xyz, 'shape', ()))}")
+        f3d, valid, pf, interps = xyz_feature_map(
+            self.point_mae, xyz.to(self.device, torch.float32), bn=self.cfg.point_mae_bn,
+            return_point_features=True, return_interpolations=True)
+        del f3d
+        out = [Points3D(pf.features[i].contiguous(), interps[i], valid[i].to(torch.bool))
+               for i in range(len(interps))]
+        if self.device.type == "cpu":
+            release_memory()
+        return out
+
     # ------------------------------------------------------------------ extraction
 
     def _check_inputs(self, rgb, xyz) -> int:

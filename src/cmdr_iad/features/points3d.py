@@ -37,10 +37,15 @@ from .geometry import (
 from .point_mae import BN_MODES, PointMAE
 
 __all__ = [
+    "Interpolation",
     "PointFeatures",
+    "apply_interpolation",
     "check_organized",
+    "interpolation_weights",
     "interpolate_pool",
     "interpolate_pool_packed",
+    "pool_interpolation",
+    "pool_interpolation_packed",
     "pooled_support",
     "interpolate_to_grid",
     "organized_points",
@@ -224,9 +229,8 @@ def interpolate_to_grid(features: Tensor, points: Tensor, centres: Tensor, pix: 
     """
     c = features.shape[0]
     feats = features.contiguous()
-    sqd, idx = three_nn(points[None], centres[None])
-    wts = inverse_distance_weights(sqd)[0].T  # (3, n)
-    idx = idx[0].T
+    interp = interpolation_weights(points, centres, pix)
+    idx, wts = interp.idx, interp.wts  # (3, n) each
     grid = torch.zeros(c, num_pixels, dtype=torch.float32, device=features.device)
     for p0 in range(0, points.shape[0], _POINT_CHUNK):
         sl = slice(p0, p0 + _POINT_CHUNK)
@@ -238,15 +242,43 @@ def interpolate_to_grid(features: Tensor, points: Tensor, centres: Tensor, pix: 
     return grid
 
 
-def _interpolated_blocks(features: Tensor, points: Tensor, centres: Tensor, pix: Tensor,
-                         num_pixels: int, timer: _Timer) -> Iterator[tuple[int, Tensor]]:
-    """Yield ``(first channel, grid block (Cb, num_pixels))``: `interpolate_to_grid` computed a
-    block of channels at a time (≤ :data:`_POOL_ELEMENTS` grid elements per block)."""
-    with timer("interpolation"):
-        sqd, idx = three_nn(points[None], centres[None])
-        wts = inverse_distance_weights(sqd)[0].T  # (3, n)
-        idx = idx[0].T
-        del sqd
+@dataclass
+class Interpolation:
+    """One sample's 3-NN inverse-distance interpolation from group centres to its points.
+
+    idx ``(3, n)`` long: the 3 nearest centres of each point (nearest first); wts ``(3, n)``
+    float32: their normalised inverse-distance weights; pix ``(n,)`` long: the flat grid cell
+    ``row·W + col`` of each point. With the group features it determines the F3D map
+    (:func:`apply_interpolation`), so the feature store keeps this instead of the dense map.
+    """
+
+    idx: Tensor
+    wts: Tensor
+    pix: Tensor
+
+    @property
+    def num_points(self) -> int:
+        return int(self.pix.numel())
+
+
+def interpolation_weights(points: Tensor, centres: Tensor, pix: Tensor) -> Interpolation:
+    """The 3-NN neighbours and weights of one sample: points ``(n, 3)``, centres ``(G, 3)``,
+    pix ``(n,)`` → :class:`Interpolation`."""
+    sqd, idx = three_nn(points[None], centres[None])
+    wts = inverse_distance_weights(sqd)[0].T  # (3, n)
+    return Interpolation(idx[0].T, wts, pix)
+
+
+def apply_interpolation(features: Tensor, interp: Interpolation, num_pixels: int,
+                        timer: _Timer | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(first channel, grid block (Cb, num_pixels))``: features ``(C, G)`` interpolated
+    to the points of ``interp`` as ``(f0·w0 + f1·w1) + f2·w2`` (reference order) and scattered
+    into a zero grid, a block of channels at a time (≤ :data:`_POOL_ELEMENTS` elements).
+
+    The one code path of extraction and of the feature store's rebuild: the same tensors in give
+    the same bits out."""
+    timer = timer or _Timer(None, features.device)
+    idx, wts, pix = interp.idx, interp.wts, interp.pix
     c = features.shape[0]
     step = max(1, _POOL_ELEMENTS // num_pixels)
     for k in range(0, c, step):
@@ -263,6 +295,42 @@ def _interpolated_blocks(features: Tensor, points: Tensor, centres: Tensor, pix:
 
 
 @torch.no_grad()
+def pool_interpolation(features: Tensor, interp: Interpolation, out: Tensor,
+                       timer: _Timer | None = None) -> Tensor:
+    """Pooled F3D map of one sample from its group features ``(C, G)`` and
+    :class:`Interpolation`, written into out ``(C, H, W)``; see :func:`interpolate_pool`."""
+    timer = timer or _Timer(None, out.device)
+    c, h, w = out.shape
+    if interp.num_points == 0:  # a cloud without valid points: all-zero features
+        return out.zero_()
+    for k, grid in apply_interpolation(features, interp, h * w, timer):
+        with timer("assembly"):
+            pool_grid(grid.view(-1, h, w), out=out[k:k + grid.shape[0]])
+    return out
+
+
+@torch.no_grad()
+def pool_interpolation_packed(features: Tensor, interp: Interpolation, size: tuple[int, int],
+                              timer: _Timer | None = None) -> tuple[Tensor, Tensor]:
+    """Packed form of :func:`pool_interpolation`: ``(cols (C, k), support (k,))``, the pooled
+    map's columns at `pooled_support(interp.pix, size)` (zero elsewhere), bit-equal to the
+    dense map's."""
+    timer = timer or _Timer(None, features.device)
+    h, w = size
+    with timer("assembly"):
+        support = pooled_support(interp.pix, size)
+    cols = torch.empty(features.shape[0], support.numel(), dtype=torch.float32, device=features.device)
+    if support.numel() == 0:
+        return cols, support
+    for k, grid in apply_interpolation(features, interp, h * w, timer):
+        with timer("assembly"):
+            pooled = pool_grid(grid.view(-1, h, w))
+            torch.index_select(pooled.view(pooled.shape[0], -1), 1, support,
+                               out=cols[k:k + grid.shape[0]])
+    return cols, support
+
+
+@torch.no_grad()
 def interpolate_pool(features: Tensor, points: Tensor, centres: Tensor, pix: Tensor, out: Tensor,
                      timer: _Timer | None = None) -> Tensor:
     """`pool_grid(interpolate_to_grid(...))` of one sample, written into out `(C, H, W)` one
@@ -273,11 +341,9 @@ def interpolate_pool(features: Tensor, points: Tensor, centres: Tensor, pix: Ten
     timer, if given, books "interpolation" (3-NN + scatter) and "assembly" (pooling).
     """
     timer = timer or _Timer(None, out.device)
-    c, h, w = out.shape
-    for k, grid in _interpolated_blocks(features, points, centres, pix, h * w, timer):
-        with timer("assembly"):
-            pool_grid(grid.view(-1, h, w), out=out[k:k + grid.shape[0]])
-    return out
+    with timer("interpolation"):
+        interp = interpolation_weights(points, centres, pix)
+    return pool_interpolation(features, interp, out, timer)
 
 
 def pooled_support(pix: Tensor, size: tuple[int, int]) -> Tensor:
@@ -300,16 +366,9 @@ def interpolate_pool_packed(features: Tensor, points: Tensor, centres: Tensor, p
     the dense map's bit for bit (same blocks, same arithmetic).
     """
     timer = timer or _Timer(None, features.device)
-    h, w = size
-    with timer("assembly"):
-        support = pooled_support(pix, size)
-    cols = torch.empty(features.shape[0], support.numel(), dtype=torch.float32, device=features.device)
-    for k, grid in _interpolated_blocks(features, points, centres, pix, h * w, timer):
-        with timer("assembly"):
-            pooled = pool_grid(grid.view(-1, h, w))
-            torch.index_select(pooled.view(pooled.shape[0], -1), 1, support,
-                               out=cols[k:k + grid.shape[0]])
-    return cols, support
+    with timer("interpolation"):
+        interp = interpolation_weights(points, centres, pix)
+    return pool_interpolation_packed(features, interp, size, timer)
 
 
 def _run_point_mae(model: PointMAE, xyz: Tensor, bn: str, timings: dict[str, float] | None
@@ -331,14 +390,17 @@ def _run_point_mae(model: PointMAE, xyz: Tensor, bn: str, timings: dict[str, flo
 def xyz_feature_map(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
                     timings: dict[str, float] | None = None,
                     return_point_features: bool = False,
-                    ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, PointFeatures]:
+                    return_interpolations: bool = False,
+                    ) -> tuple[Tensor, ...]:
     """Pixel-aligned Point-MAE features of organised clouds.
 
     model: `PointMAE` (its num_group / group_size set the grouping); xyz `(B, 3, H, W)` float, in
     the model's device (moved there otherwise); bn: "sample" or "running" (see `PointMAE`).
     Returns F3D `(B, C, H, W)` float32 (C = model.out_dim, 1152) and valid `(B, H, W)` bool.
     timings, if given, accumulates seconds per stage ("fps", "knn" (incl. gathering the groups),
-    "point_mae", "interpolation" (3-NN + scatter), "assembly" (point selection, pooling, mask)). return_point_features adds the `PointFeatures` (groups, token features).
+    "point_mae", "interpolation" (3-NN + scatter), "assembly" (point selection, pooling, mask)). return_point_features adds the `PointFeatures` (groups, token features);
+    return_interpolations adds the list of per-sample :class:`Interpolation` (what the feature
+    store keeps with ``PointFeatures.features``; :func:`pool_interpolation` rebuilds F3D).
     Raises `UserInputError` for bad shapes/dtypes, NaN/inf, empty clouds or too few points.
     """
     xyz, timer, (points, lengths, pix), pf = _run_point_mae(model, xyz, bn, timings)
@@ -346,15 +408,20 @@ def xyz_feature_map(model: PointMAE, xyz: Tensor, bn: str = "sample", *,
     b, _, h, w = xyz.shape
     c = pf.features.shape[1]
     f3d = torch.empty(b, c, h, w, dtype=torch.float32, device=device)
+    interps = []
     for i in range(b):
         n = int(lengths[i])
-        interpolate_pool(pf.features[i], points[i, :n], pf.groups.centres[i], pix[i, :n],
-                         f3d[i], timer)
+        with timer("interpolation"):
+            interps.append(interpolation_weights(points[i, :n], pf.groups.centres[i], pix[i, :n]))
+        pool_interpolation(pf.features[i], interps[-1], f3d[i], timer)
     with timer("assembly"):
         valid = f3d.sum(dim=1) != 0
+    out: tuple[Tensor, ...] = (f3d, valid)
     if return_point_features:
-        return f3d, valid, pf
-    return f3d, valid
+        out += (pf,)
+    if return_interpolations:
+        out += (interps,)
+    return out
 
 
 @torch.no_grad()
