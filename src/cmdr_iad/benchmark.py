@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +44,7 @@ from .flops import count_flops
 from .inference import HEAD_PATHS, StageTimer
 from .machine import configure_threads, machine_info, matmul_gflops, physical_cores, sync
 from .memory import PeakMemory
+from .precision import PRECISIONS, autocast, resolve_precision
 
 __all__ = [
     "HEAD_MODES",
@@ -64,7 +64,6 @@ __all__ = [
 HEAD_MODES = HEAD_PATHS
 """``exact``: the heads at valid pixels only (the default path); ``reference``: dense features,
 every head on every pixel (`inference.HEAD_PATHS`). ``fast`` is the old name of ``exact``."""
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -138,15 +137,6 @@ class BenchResult:
         return asdict(self)
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise UserInputError("fp16 autocast is only offered on CUDA; use bf16 on CPU")
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _compile_heads(det: Any, notes: list[str]) -> bool:
     """torch.compile the token-wise parts of the heads (the bulk of their FLOPs); False if it fails."""
     try:
@@ -175,7 +165,7 @@ def _timed_predict(det: Any, samples: Sequence[Any], batch_size: int, device: to
     results: list[Any] = []
     sync(device)
     t = time.perf_counter()
-    with _autocast(device, precision):
+    with autocast(device, precision):
         for batch in _batches(samples, batch_size):
             for r in det.predict_many(batch, batch_size=batch_size, heads=heads, timer=timer):
                 if keep:
@@ -213,6 +203,7 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
     dev = resolve_device(device)
     n_threads = configure_threads(threads)
     notes: list[str] = []
+    precision = resolve_precision(precision, dev, notes.append)  # says so when bf16 is not native
     cfg = presets.get(preset, modality)
     flops = count_flops(cfg)
     data = benchmark_samples(samples, size=sample_size, seed=seed, modality=modality)
@@ -225,7 +216,7 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
     resident = mem.rss_mb()
     compiled = _compile_heads(det, notes) if compile else False
     mm_before = matmul_gflops(dev)
-    with _autocast(dev, precision):  # warm-up (allocator, lazy init, compilation)
+    with autocast(dev, precision):  # warm-up (allocator, lazy init, compilation)
         list(det.predict_many(data[:batch_size], batch_size=batch_size, heads=path_heads))
     if deviation is None:
         deviation = precision != "fp32" or compiled

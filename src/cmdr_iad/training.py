@@ -54,6 +54,7 @@ from .config import TrainConfig
 from .errors import ArtifactError, UserInputError
 from .fileio import write_text_atomic
 from .model.distances import masked_head_loss
+from .precision import autocast, resolve_precision
 from .progress import progress as progress_bar
 
 CHECKPOINT_KIND = "cmdr-iad-train-checkpoint"
@@ -96,12 +97,13 @@ class TrainReport:
     resumed_from_epoch: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)  # per epoch: see `LOG_COLUMNS`
     valid_fraction: float = 1.0  # mean share of training pixels in the loss mask
+    precision: str = "fp32"  # the precision the heads trained in (after `resolve_precision`)
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "samples": self.samples,
                 "skipped_no_valid": self.skipped_no_valid, "history": self.history,
                 "skipped_steps": self.skipped_steps, "resumed_from_epoch": self.resumed_from_epoch,
-                "log": self.log, "valid_fraction": self.valid_fraction}
+                "log": self.log, "valid_fraction": self.valid_fraction, "precision": self.precision}
 
 
 RAW_CLOUD_FRACTION = 0.95
@@ -349,6 +351,9 @@ def train_heads(
     existing one is continued. `on_step(epoch, batch, {head name: loss})` is called after each
     batch with the losses of the heads that stepped. `prefetch`: read the next batch in a
     background thread while the heads train (`prefetch_batches`; same results as without).
+    `cfg.precision` "bf16" / "fp16": each head's forward and loss under autocast (weights and
+    Adam state stay fp32; `precision.resolve_precision` says so and runs fp32 where the
+    hardware has no native bf16); the precision that ran is `report.precision`.
     """
     device = torch.device(device)
     unknown = set(heads) - set(TASKS)
@@ -367,6 +372,7 @@ def train_heads(
             "or background plane still in). The paper trains on preprocessed clouds (`cmdr-iad "
             "preprocess`); on raw ones the heads mostly learn the plane and detect worse.")
 
+    precision = resolve_precision(cfg.precision, device, log)
     opts = {name: make_optimizer(h.parameters(), cfg) for name, h in heads.items()}
     start, history, epoch_log = 0, [], []
     if resume and checkpoint is not None and checkpoint.exists():
@@ -375,7 +381,7 @@ def train_heads(
             log(f"resuming from the checkpoint of epoch {start}")
     report = TrainReport(cfg.epochs, len(usable), skipped, history,
                          {name: 0 for name in heads}, resumed_from_epoch=start, log=epoch_log,
-                         valid_fraction=frac)
+                         valid_fraction=frac, precision=precision)
     for h in heads.values():
         h.to(device).train()
 
@@ -400,7 +406,10 @@ def train_heads(
                 stepped: dict[str, float] = {}
                 for name, head in heads.items():
                     src, dst, _ = TASKS[name]
-                    loss = masked_head_loss(head, tok[src], tok[dst], valid)
+                    with autocast(device, precision):
+                        loss = masked_head_loss(head, tok[src], tok[dst], valid)
+                    if loss is not None:
+                        loss = loss.float()
                     if loss is None or not torch.isfinite(loss):
                         report.skipped_steps[name] += 1
                         continue

@@ -43,6 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
     p.add_argument("--lr", type=float, default=None, help="override the learning rate")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="precision of the heads' forward in training: fp32 (default, exact), bf16 "
+                        "(autocast; CUDA or a CPU with native bf16, else fp32 with a note), fp16 "
+                        "(CUDA only); weights and optimiser state stay fp32")
     p.add_argument("--seed", type=int, default=None, help="seed of head init and shuffling")
     p.add_argument("--variant", default=None, choices=TRAIN_VARIANTS,
                    help="fusion variant used for scoring (default: full)")
@@ -102,7 +106,8 @@ def resolve_config(args: argparse.Namespace):
     else:
         cfg = presets.get(args.preset or "paper", args.modality or "rgb+xyz")
     train = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                               ("lr", args.lr), ("seed", args.seed)) if v is not None}
+                               ("lr", args.lr), ("seed", args.seed),
+                               ("precision", args.precision)) if v is not None}
     changes: dict = {"train": train} if train else {}
     if args.variant:
         changes["score"] = {"variant": args.variant}
@@ -137,6 +142,10 @@ def run(args) -> int:
     if args.cache_dir:
         cache_dir = require_writable(args.cache_dir, "feature cache folder")
     cfg = resolve_config(args)
+    if cfg.train.precision == "fp16" and not str(device).startswith("cuda"):
+        from ..errors import UserInputError
+
+        raise UserInputError("--precision fp16 is only offered on CUDA; use bf16 on CPU")
     kw = {"load_rgb": cfg.uses_rgb, "load_xyz": cfg.uses_xyz, "require_points": False,
           "units": args.units}
     train_ds = MVTec3DDataset(root, args.category, "train", **kw)
