@@ -105,8 +105,9 @@ class CMDRIAD:
 
     @property
     def path(self) -> InferencePath:
-        """The one inference path over this model's extractor and heads."""
-        if self._path is None:
+        """The one inference path over this model's extractor and heads (rebuilt when the scoring
+        config changes, e.g. an ablation variant set on `config`)."""
+        if self._path is None or self._path.score_cfg != self.config.score:
             self._path = InferencePath(self.extractor, self.heads, self.config.score, self.modality,
                                        self.device)
         return self._path

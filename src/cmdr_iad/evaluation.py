@@ -226,7 +226,7 @@ def _example_indices(dataset: Sequence[Any], k: int) -> set[int]:
 # --------------------------------------------------------------------------- tables
 
 
-def _pct(v: Any) -> str:
+def pct(v: Any) -> str:
     return "–" if v is None else f"{100 * float(v):.1f}"
 
 
@@ -248,7 +248,7 @@ def summary(evals: Sequence[Evaluation]) -> dict[str, Any]:
         out["exact"][k] = None if any(v is None for v in vals) else float(np.mean(vals))
     out["protocols"] = {}
     for p in PROTOCOLS:
-        vals = {k: [_metric(e, k, p) for e in sel] for k in METRIC_KEYS}
+        vals = {k: [metric_value(e, k, p) for e in sel] for k in METRIC_KEYS}
         if all(v is None for vs in vals.values() for v in vs):
             continue
         out["protocols"][p] = {k: None if any(v is None for v in vs) else float(np.mean(vs))
@@ -266,7 +266,7 @@ def markdown_table(evals: Sequence[Evaluation]) -> str:
         r = e.row()
         fps = "–" if r["fps"] is None else f"{r['fps']:.2f}"
         lines.append(f"| {r['model']} | {r['category']} | {r['modality']} | "
-                     + " | ".join(_pct(r[k]) for k in METRIC_KEYS) + f" | {fps} |")
+                     + " | ".join(pct(r[k]) for k in METRIC_KEYS) + f" | {fps} |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +280,7 @@ def csv_table(evals: Sequence[Evaluation]) -> str:
     return buf.getvalue()
 
 
-def _metric(e: Evaluation, key: str, protocol: str) -> Any:
+def metric_value(e: Evaluation, key: str, protocol: str) -> Any:
     """Value of ``key`` in ``protocol`` (the top-level value for the paper protocol of an
     evaluation written before `protocols` existed)."""
     prot = (e.metrics.get("protocols") or {}).get(protocol)
@@ -310,12 +310,12 @@ def paper_tables(evals: Sequence[Evaluation], protocol: str = PAPER_PROTOCOL) ->
         lines = [f"### {title} — protocol {protocol}", "", "| Method | " + " | ".join(cats) + " | Mean |",
                  "|---|" + "---|" * (len(cats) + 1)]
         for mod, label in MODALITY_ROWS:
-            by_cat = {e.category: _metric(e, key, protocol) for e in evals if e.modality == mod}
+            by_cat = {e.category: metric_value(e, key, protocol) for e in evals if e.modality == mod}
             if not by_cat:
                 continue
             vals = [by_cat.get(c) for c in cats]
             mean = None if any(v is None for v in vals) else float(np.mean(vals))
-            lines.append(f"| CMDR-IAD ({label}) | " + " | ".join(_pct(v) for v in vals) + f" | {_pct(mean)} |")
+            lines.append(f"| CMDR-IAD ({label}) | " + " | ".join(pct(v) for v in vals) + f" | {pct(mean)} |")
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
@@ -330,7 +330,7 @@ def all_paper_tables(evals: Sequence[Evaluation]) -> str:
 def pro_curve_svg(evals: Sequence[Evaluation]) -> str | None:
     from .viz import line_plot_svg
 
-    curves = [(f"{e.name} ({_pct(e.metrics.get('aupro_30'))}%)", *e.curve) for e in evals
+    curves = [(f"{e.name} ({pct(e.metrics.get('aupro_30'))}%)", *e.curve) for e in evals
               if e.curve is not None]
     if not curves:
         return None

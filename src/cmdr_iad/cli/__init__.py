@@ -24,6 +24,7 @@ VERB_MODULES = (
     "convert",
     "train",
     "evaluate",
+    "grid",
     "predict",
     "import_official",
     "pointcloud",

@@ -91,14 +91,14 @@ def evaluate_models(plans, args) -> list:
 
 
 def write_all(out: Path, evals, title: str, notices=(), train_logs=()) -> None:
-    from ..evaluation import paper_tables, write_reports
+    from ..evaluation import all_paper_tables, write_reports
     from ..report import build_html, write_html
 
     write_reports(out, evals, {"random_backbones": any(e.metrics.get("random_backbones") for e in evals)})
     examples = [(r, s, tuple(e.metrics.get("heatmap_range") or (None, None)))
                 for e in evals for r, s in e.examples]
     write_html(out / "report.html", build_html(title, evals, examples=examples, notices=notices,
-                                               paper_tables_md=paper_tables(evals),
+                                               paper_tables_md=all_paper_tables(evals),
                                                train_logs=train_logs))
 
 
