@@ -188,29 +188,41 @@ class CMDRIAD:
 
     def predict_many(self, samples: Iterable[Any], batch_size: int | None = None,
                      progress: bool = False, total: int | None = None, *, heads: str = "exact",
-                     timer=None) -> Iterator[Result]:
+                     timer=None, cache=None) -> Iterator[Result]:
         """Score samples in batches of the same branch; yields one `Result` per sample, in order.
 
         heads: "exact" (default) or "reference" (`inference.HEAD_PATHS`); timer: a stage timer
         (`inference.StageTimer`) charged with "transforms", "features", "heads", "fusion" and
-        "output".
+        "output". cache: a feature cache (`features.store.open_cache`): samples scored with the
+        model's own branch take their features from it (extracted into it once, shared with
+        every model of the same encoders, e.g. the cells of a grid; same values up to float32
+        rounding of F2D).
         """
         from contextlib import nullcontext
 
         stage = timer or (lambda name: nullcontext())
         bs = batch_size or max(1, self.config.train.batch_size)
         fcfg = self.config.features
-        pending: list[tuple[Any, BranchChoice]] = []
+        pending: list[tuple[Any, BranchChoice, Any]] = []
 
         def flush(bar) -> Iterator[Result]:
             if not pending:
                 return
             branch = pending[0][1].branch
             ts_list = [p[0] for p in pending]
-            rgb = torch.stack([t.rgb for t in ts_list]) if branch != "xyz" else None
-            xyz = torch.stack([t.xyz for t in ts_list]) if branch != "rgb" else None
-            sc = self.path.score(rgb, xyz, branch=branch, heads=heads, timer=timer)
-            for i, (ts, choice) in enumerate(pending):
+            if cache is not None and branch == self.modality and heads == "exact":
+                from .features.store import cache_features, entry_rows
+
+                with stage("features"):
+                    entries = cache_features(self.extractor, [p[2] for p in pending], cache,
+                                             self._prepare, batch_size=len(pending), what="test")
+                    rows = [entry_rows(e, self.device) for e in entries]
+                sc = self.path.score(branch=branch, features=rows, heads=heads, timer=timer)
+            else:
+                rgb = torch.stack([t.rgb for t in ts_list]) if branch != "xyz" else None
+                xyz = torch.stack([t.xyz for t in ts_list]) if branch != "rgb" else None
+                sc = self.path.score(rgb, xyz, branch=branch, heads=heads, timer=timer)
+            for i, (ts, choice, _) in enumerate(pending):
                 with stage("output"):
                     res = build_result(ts, sc, i, choice, self.thresholds.get(branch),
                                        fcfg.transforms, self.grid)
@@ -226,7 +238,7 @@ class CMDRIAD:
                     choice = self.choose_branch(ts.rgb is not None, ts.xyz is not None, empty)
                 if pending and (pending[0][1].branch != choice.branch or len(pending) >= bs):
                     yield from flush(bar)
-                pending.append((ts, choice))
+                pending.append((ts, choice, s))
             yield from flush(bar)
 
     # ------------------------------------------------------------------ training

@@ -152,11 +152,12 @@ def _full_gt(sample: Any, shape: tuple[int, int]) -> np.ndarray:
 
 def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", category: str = "",
                       batch_size: int | None = None, progress: bool = False,
-                      keep_examples: int = 6, official: bool = True) -> Evaluation:
+                      keep_examples: int = 6, official: bool = True, cache: Any = None) -> Evaluation:
     """Run `det` over `dataset` (samples with labels and GT) and compute every metric.
 
     official: also compute the :data:`OFFICIAL_PROTOCOL` metrics (keeps one full-resolution map
-    pair per sample in memory)."""
+    pair per sample in memory). cache: a feature cache the features come from (see
+    `CMDRIAD.predict_many`)."""
     n = len(dataset)
     if n == 0:
         raise UserInputError("the test set is empty")
@@ -168,7 +169,7 @@ def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", categ
     mem.reset()
     t0 = time.perf_counter()
     for i, r in enumerate(det.predict_many((dataset[j] for j in range(n)), batch_size=batch_size,
-                                           progress=progress, total=n)):
+                                           progress=progress, total=n, cache=cache)):
         maps.append(r.map_grid)
         g = r.gt_grid if r.gt_grid is not None else np.zeros_like(r.map_grid, dtype=bool)
         gts.append(g)

@@ -69,6 +69,7 @@ def _run_cell(spec: GridSpec, cell: Cell) -> dict[str, Any]:
     try:
         from ..detector import CMDRIAD
         from ..evaluation import evaluate_detector, write_reports
+        from ..features.store import open_cache
         from ..fileio import staging_folder
 
         data = _datasets(spec, cell)
@@ -81,21 +82,22 @@ def _run_cell(spec: GridSpec, cell: Cell) -> dict[str, Any]:
         det.fit(data["train"], data["validation"], cache_dir=spec.features_dir,
                 checkpoint=folder / "checkpoint", resume=True, progress=False)
         det.save(folder / "model")
-        base = evaluate_detector(det, data["test"], name=cell.key, category=cell.category,
-                                 keep_examples=0)
-        evals, variants = [base], {}
-        if cell.modality == "rgb+xyz":
-            own = det.config
-            for v in spec.variants:
-                if v == own.score.variant:
-                    variants[v] = base.metrics
-                    continue
-                det.config = own.replace(score={"variant": v})
-                ev = evaluate_detector(det, data["test"], name=f"{cell.key} [{v}]",
-                                       category=cell.category, keep_examples=0)
-                variants[v] = ev.metrics
-                evals.append(ev)
-            det.config = own
+        with open_cache(spec.features_dir) as cache:  # the test features, shared by the cells
+            base = evaluate_detector(det, data["test"], name=cell.key, category=cell.category,
+                                     keep_examples=0, cache=cache)
+            evals, variants = [base], {}
+            if cell.modality == "rgb+xyz":
+                own = det.config
+                for v in spec.variants:
+                    if v == own.score.variant:
+                        variants[v] = base.metrics
+                        continue
+                    det.config = own.replace(score={"variant": v})
+                    ev = evaluate_detector(det, data["test"], name=f"{cell.key} [{v}]",
+                                           category=cell.category, keep_examples=0, cache=cache)
+                    variants[v] = ev.metrics
+                    evals.append(ev)
+                det.config = own
         with staging_folder(folder / "report") as stage:
             write_reports(stage, evals, {"grid_cell": cell.key, "random_backbones": det.random_backbones})
         shutil.rmtree(folder / "checkpoint", ignore_errors=True)
