@@ -99,6 +99,7 @@ def bad_input(cli):
 
 EXPENSIVE = [  # (module, attribute): the work that must not start on bad input
     ("cmdr_iad.detector", "CMDRIAD"),
+    ("cmdr_iad.grid.run", "run_cell"),
     ("cmdr_iad.benchmark", "run"),
     ("cmdr_iad.benchmark", "run_isolated"),
     ("cmdr_iad.data.synthetic", "generate_dataset"),

@@ -223,6 +223,9 @@ def _verbs(data: Path, model: Path, tmp: Path, out: Path) -> dict[str, list]:
                              "--json", out],
         "weights --json": ["weights", "--json", out],
         "cache clean": ["cache", "clean", "--cache-dir", out, "--yes"],
+        "grid": ["grid", data, "--out", out, "--preset", "tiny", "--random-backbones"],
+        "grid --cache-dir": ["grid", data, "--out", tmp / "runs", "--cache-dir", out, "--preset", "tiny",
+                             "--random-backbones"],
         "demo": ["demo", "--out", out, "--random-backbones"],
     }
 
