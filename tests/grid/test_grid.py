@@ -72,7 +72,7 @@ def test_rerun_does_no_work_and_says_so(local_run, grid_data, capsys):
                "--modalities", "rgb+xyz,rgb,xyz", "--variants", "full,case1", *ARGS[:-1]])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "6 cell(s) already done with the same config and data, skipped" in out
+    assert "6 cell(s) already done, skipped" in out
     assert "nothing to do" in out
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("model.json")} == stamps
 
@@ -117,8 +117,14 @@ def test_killed_run_resumes_and_gives_the_same_results(local_run, grid_data, tmp
     assert out.returncode == 0, out.stderr
     assert "1 cell(s) already done" in out.stdout
     cells = _cells(runs)
+    local = _cells(runs_local)
     for c in CATS:
-        assert _values(cells[f"xyz/{c}"]) == _values(_cells(runs_local)[f"xyz/{c}"])
+        assert cells[f"xyz/{c}"]["status"] == "done"
+        assert _values(cells[f"xyz/{c}"]) == _values(local[f"xyz/{c}"])
+    from cmdr_iad.grid.tables import tables_markdown
+
+    expected = tables_markdown([local[f"xyz/{c}"] for c in CATS])
+    assert (runs / "paper_tables.md").read_text() == expected  # the same tables as uninterrupted
 
 
 def test_a_corrupt_file_fails_only_its_own_cells(grid_data, local_run, tmp_path, capsys):
@@ -138,6 +144,15 @@ def test_a_corrupt_file_fails_only_its_own_cells(grid_data, local_run, tmp_path,
     assert bad.name in ring["error"] and "\n" not in ring["error"]
     assert not (tmp_path / "runs" / "xyz" / "ring" / "model").exists()
     assert "| CMDR-IAD (3D) | " in (tmp_path / "runs" / "paper_tables.md").read_text()
+
+
+def test_ray_executor_without_ray_exits_2_with_the_install_hint(grid_data, tmp_path, capsys,
+                                                                monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    rc = main(["grid", str(grid_data), "--out", str(tmp_path / "runs"), "--executor", "ray", *ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'pip install "cmdr-iad[ray]"' in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "grid.json").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

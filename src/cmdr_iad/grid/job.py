@@ -94,7 +94,7 @@ def run_grid(spec: GridSpec, *, executor: str = "local", workers: int = 1,
     todo = [c for c in cells if not _is_done(records.get(c.key), fps[c.key], c, runs)]
     skipped = len(cells) - len(todo)
     if skipped:
-        say(f"{skipped} cell(s) already done with the same config and data, skipped")
+        say(f"{skipped} cell(s) already done, skipped (same config and data)")
     if not todo:
         say("nothing to do")
     order = [c.key for c in cells]
