@@ -63,3 +63,25 @@ def _offline_weights(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("CMDR_IAD_OFFLINE", "1")
     monkeypatch.setenv("CMDR_IAD_HOME", str(home))
     monkeypatch.setenv("XDG_CACHE_HOME", str(home / "xdg"))
+
+
+@pytest.fixture
+def encoder_calls(monkeypatch) -> dict[str, int]:
+    """Samples each frozen encoder ran on during the test: {"vit": n, "point_mae": n} (counts
+    `vit.vit_feature_map` and `points3d.xyz_feature_map`, the only entry points of extraction)."""
+    from cmdr_iad.features import points3d, vit
+
+    calls = {"vit": 0, "point_mae": 0}
+    orig_vit, orig_pm = vit.vit_feature_map, points3d.xyz_feature_map
+
+    def count_vit(model, rgb):
+        calls["vit"] += rgb.shape[0]
+        return orig_vit(model, rgb)
+
+    def count_pm(model, xyz, *a, **k):
+        calls["point_mae"] += xyz.shape[0]
+        return orig_pm(model, xyz, *a, **k)
+
+    monkeypatch.setattr(vit, "vit_feature_map", count_vit)
+    monkeypatch.setattr(points3d, "xyz_feature_map", count_pm)
+    return calls

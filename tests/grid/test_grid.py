@@ -169,27 +169,14 @@ def test_bad_options_exit_2_with_one_line_before_any_work(grid_data, tmp_path, c
     assert not (tmp_path / "runs" / "grid.json").exists()
 
 
-def test_rgb_and_rgbxyz_cells_of_a_category_extract_f2d_once(grid_data, tmp_path, monkeypatch):
+def test_rgb_and_rgbxyz_cells_of_a_category_extract_f2d_once(grid_data, tmp_path, encoder_calls):
     """Training, calibration and evaluation (variants included) of both cells read one shared
     store: the ViT runs once per sample of the category, Point-MAE once per sample too."""
     from cmdr_iad.data.mvtec3d import MVTec3DDataset
-    from cmdr_iad.features import points3d, vit
 
     n = sum(len(MVTec3DDataset(grid_data, "puck", s, require_points=False))
             for s in ("train", "validation", "test"))
-    calls = {"vit": 0, "point_mae": 0}
-    orig_vit, orig_pm = vit.vit_feature_map, points3d.xyz_feature_map
-
-    def count_vit(model, rgb):
-        calls["vit"] += rgb.shape[0]
-        return orig_vit(model, rgb)
-
-    def count_pm(model, xyz, *a, **k):
-        calls["point_mae"] += xyz.shape[0]
-        return orig_pm(model, xyz, *a, **k)
-
-    monkeypatch.setattr(vit, "vit_feature_map", count_vit)
-    monkeypatch.setattr(points3d, "xyz_feature_map", count_pm)
+    calls = encoder_calls
     rc = main(["grid", str(grid_data), "--out", str(tmp_path / "runs"), "--categories", "puck",
                "--modalities", "rgb+xyz,rgb", "--variants", "full,case6", *ARGS])
     assert rc == 0

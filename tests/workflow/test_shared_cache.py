@@ -17,26 +17,12 @@ def _fit(modality, data, cache_dir, log=None):
     return det
 
 
-def test_rgb_and_rgbxyz_models_share_vit_entries(synth_root, tmp_path, monkeypatch):
-    from cmdr_iad.features import points3d, vit
-
+def test_rgb_and_rgbxyz_models_share_vit_entries(synth_root, tmp_path, encoder_calls):
     kw = {"require_points": False}
     data = (MVTec3DDataset(synth_root, "puck", "train", **kw),
             MVTec3DDataset(synth_root, "puck", "validation", **kw))
     n = len(data[0]) + len(data[1])
-    calls = {"vit": 0, "point_mae": 0}
-    orig_vit, orig_pm = vit.vit_feature_map, points3d.xyz_feature_map
-
-    def count_vit(model, rgb):
-        calls["vit"] += rgb.shape[0]
-        return orig_vit(model, rgb)
-
-    def count_pm(model, xyz, *a, **k):
-        calls["point_mae"] += xyz.shape[0]
-        return orig_pm(model, xyz, *a, **k)
-
-    monkeypatch.setattr(vit, "vit_feature_map", count_vit)
-    monkeypatch.setattr(points3d, "xyz_feature_map", count_pm)
+    calls = encoder_calls
     lines: list[str] = []
     _fit("rgb", data, tmp_path / "cache", log=lines.append)
     assert calls == {"vit": n, "point_mae": 0}

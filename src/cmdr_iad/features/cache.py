@@ -109,6 +109,19 @@ class CachedFeatures:
         return Features(t(self.f2d), t(self.f3d), valid, dict(identity or {}))
 
 
+def load_checked(f: Path, info: dict[str, Any], verify: bool, mmap_mode: str) -> np.ndarray:
+    """A memory-mapped ``.npy`` entry file, checked against its ``meta.json`` record (byte size,
+    shape, dtype and, with ``verify``, SHA-256); ValueError names the file when it differs."""
+    if f.stat().st_size != info["nbytes_file"]:
+        raise ValueError(f"{f} has the wrong size (truncated?)")
+    if verify and file_sha256(f) != info["sha256"]:
+        raise ValueError(f"{f} fails its checksum")
+    a = np.load(f, mmap_mode=mmap_mode, allow_pickle=False)
+    if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"]:
+        raise ValueError(f"{f} has an unexpected shape or dtype")
+    return a
+
+
 class FeatureCache:
     """A folder of cached per-sample features; see the module docstring.
 
@@ -160,15 +173,7 @@ class FeatureCache:
             if info is None:
                 arrays[name] = None
                 continue
-            f = path / f"{name}.npy"
-            if f.stat().st_size != info["nbytes_file"]:
-                raise ValueError(f"{f} has the wrong size (truncated?)")
-            if self.verify and file_sha256(f) != info["sha256"]:
-                raise ValueError(f"{f} fails its checksum")
-            a = np.load(f, mmap_mode="r", allow_pickle=False)
-            if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"]:
-                raise ValueError(f"{f} has an unexpected shape or dtype")
-            arrays[name] = a
+            arrays[name] = load_checked(path / f"{name}.npy", info, self.verify, "r")
         if arrays["valid"] is None:
             raise ValueError("cache entry without a valid mask")
         return CachedFeatures(sample_key, path, arrays["f2d"], arrays["f3d"], arrays["valid"])
@@ -337,16 +342,8 @@ class CompactCache:
         arrays: dict[str, torch.Tensor] = {}
         for name in _COMPACT_ARRAYS[kind]:
             info = meta["arrays"][name]
-            f = path / f"{name}.npy"
-            if f.stat().st_size != info["nbytes_file"]:
-                raise ValueError(f"{f} has the wrong size (truncated?)")
-            if self.verify and file_sha256(f) != info["sha256"]:
-                raise ValueError(f"{f} fails its checksum")
             # copy-on-write map: read lazily, never written back, a writable array for torch
-            a = np.load(f, mmap_mode="c", allow_pickle=False)
-            if list(a.shape) != info["shape"] or a.dtype.str != info["dtype"]:
-                raise ValueError(f"{f} has an unexpected shape or dtype")
-            arrays[name] = torch.from_numpy(a)
+            arrays[name] = torch.from_numpy(load_checked(path / f"{name}.npy", info, self.verify, "c"))
         if kind == "vit":
             if arrays["tokens"].dim() != 3:
                 raise ValueError("token map is not (C, h, w)")
