@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         PeakMemory,
         benchmark_samples,
         configure_threads,
+        grid_valid_fraction,
         machine_info,
         matmul_gflops,
-        valid_fraction,
     )
     from cmdr_iad.data.transforms import transform_sample
     from cmdr_iad.features.cache import FeatureCache
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = configure_threads(args.threads)
     cfg = presets.get(args.preset, "rgb+xyz")
     data = benchmark_samples(args.samples, size=args.sample_size, distinct=args.samples)
-    vf = valid_fraction(data, cfg.features.grid_size, cfg.features.transforms)
+    vf = grid_valid_fraction(data, cfg.features.grid_size, cfg.features.transforms)
     ts = [transform_sample(s, cfg.features) for s in data]
     ext = FeatureExtractor(cfg.features, "rgb+xyz", random_backbones=True)
     torch.manual_seed(cfg.train.seed)

@@ -67,3 +67,46 @@ def test_bf16_training_keeps_fp32_state_and_tracks_fp32_losses(recipe, monkeypat
     assert any(a[k] != b[k] for a, b in zip(s32, s16, strict=True) for k in a)  # bf16 really ran
     assert all(v.dtype == torch.float32 for h in h16.values() for v in h.state_dict().values()
                if v.is_floating_point())
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def test_geometry_stays_float32_inside_an_autocast_region():
+    """The geometry is decorated with `full_precision`: under bf16 autocast k-NN, 3-NN and the
+    squared distances are bit-identical to float32; the undecorated distance would not be."""
+    from cmdr_iad.features import geometry as geo
+
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(1, 600, 3, generator=g)
+    centres = pts[:, :40]
+    ref = (geo.square_distance(pts, centres), geo.knn(pts, centres, 16), geo.three_nn(pts, centres))
+    with prec.autocast("cpu", "bf16"):
+        got = (geo.square_distance(pts, centres), geo.knn(pts, centres, 16), geo.three_nn(pts, centres))
+        raw = geo.square_distance.__wrapped__(pts, centres)
+    assert torch.equal(got[0], ref[0]) and got[0].dtype == torch.float32
+    assert torch.equal(got[1], ref[1])
+    assert all(torch.equal(a, b) for a, b in zip(got[2], ref[2], strict=True))
+    assert not torch.equal(raw.float(), ref[0])  # what the decorator prevents
+
+
+def test_set_precision_is_one_setting_of_the_path_and_never_falls_back_silently(monkeypatch):
+    """`set_precision` sets the one inference path's precision; without native bf16 (and no
+    emulation asked for) it says so once and fp32 runs; fp16 off CUDA is bad input. (The bf16
+    numerics themselves: tests/workflow/test_precision_deviation.py.)"""
+    from cmdr_iad import CMDRIAD, presets
+
+    det = CMDRIAD(presets.tiny("rgb"), random_backbones=True, device="cpu")
+    said: list[str] = []
+    assert det.set_precision("bf16", said.append, emulate=True) == "bf16"
+    assert det.path.precision == "bf16" and len(said) == (0 if prec.cpu_bf16_support() else 1)
+    monkeypatch.setattr(prec, "cpu_bf16_support", lambda: None)
+    said.clear()
+    assert det.set_precision("bf16", said.append) == "fp32" and det.path.precision == "fp32"
+    assert len(said) == 1 and "running fp32" in said[0]
+    with pytest.raises(UserInputError, match="only offered on CUDA"):
+        det.set_precision("fp16")
+    assert det.precision == "fp32"
+    monkeypatch.setattr(prec, "cpu_bf16_support", lambda: "amx_bf16")
+    said.clear()
+    assert det.set_precision("bf16", said.append) == "bf16" and not said  # native: no note

@@ -44,7 +44,7 @@ from .flops import count_flops
 from .inference import HEAD_PATHS, StageTimer
 from .machine import configure_threads, machine_info, matmul_gflops, physical_cores, sync
 from .memory import PeakMemory
-from .precision import PRECISIONS, autocast, resolve_precision
+from .precision import PRECISIONS, resolve_precision
 
 __all__ = [
     "HEAD_MODES",
@@ -70,28 +70,36 @@ every head on every pixel (`inference.HEAD_PATHS`). ``fast`` is the old name of 
 
 
 def benchmark_samples(count: int, *, size: int = 800, seed: int = 0, distinct: int = 3,
-                      modality: str = "rgb+xyz") -> list[Any]:
+                      modality: str = "rgb+xyz", valid_fraction: float | None = None) -> list[Any]:
     """``count`` raw samples like MVTec 3D-AD test samples: synthetic scans (``size``² pixels,
     like the 800×800 MVTec 3D-AD captures) with the table plane removed by the dataset
-    preprocessing (as the paper's data), cycling over ``distinct`` generated scans."""
+    preprocessing (as the paper's data), cycling over ``distinct`` generated scans.
+
+    ``valid_fraction``: give each cloud exactly that share of valid pixels (one compact object,
+    `data.synthetic.cloud_with_valid_fraction`); preprocessed MVTec 3D-AD samples are typically
+    30–60 % valid, the generated scans alone ~17 %. None keeps the scans as generated."""
     from .data.cloud_prep import preprocess_cloud
     from .data.sample import Sample
-    from .data.synthetic import SHAPES, synth_sample
+    from .data.synthetic import SHAPES, cloud_with_valid_fraction, synth_sample
 
     if count < 1:
         raise UserInputError(f"samples must be >= 1, got {count}")
+    if valid_fraction is not None and not 0.0 < valid_fraction <= 1.0:
+        raise UserInputError(f"the valid fraction must be in (0, 1], got {valid_fraction}")
     made = []
     for i in range(min(count, max(1, distinct))):
         s = synth_sample(SHAPES[i % len(SHAPES)], seed=(seed, i), size=(size, size),
                          defect="crack" if i % 2 else None)
         xyz = preprocess_cloud(s.xyz)
+        if valid_fraction is not None:
+            xyz = cloud_with_valid_fraction(xyz, valid_fraction)
         made.append(Sample(rgb=s.rgb if modality != "xyz" else None,
                            xyz=xyz if modality != "rgb" else None, gt=s.gt, label=int(i % 2),
                            key=f"bench_{i}"))
     return [made[i % len(made)] for i in range(count)]
 
 
-def valid_fraction(samples: Sequence[Any], grid: int, transforms: str) -> float | None:
+def grid_valid_fraction(samples: Sequence[Any], grid: int, transforms: str) -> float | None:
     """Mean share of grid pixels with a 3D point after the transforms (None without xyz)."""
     from .data.transforms import xyz_to_tensor
 
@@ -157,7 +165,7 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 def _timed_predict(det: Any, samples: Sequence[Any], batch_size: int, device: torch.device,
-                   precision: str, heads: str, timer: StageTimer | None,
+                   heads: str, timer: StageTimer | None,
                    keep: bool = True) -> tuple[float, list[Any]]:
     """Seconds for predicting every sample through ``det.predict_many`` (the one inference
     path), with ``timer`` charged per stage; results are kept only with ``keep`` (each holds an
@@ -165,11 +173,10 @@ def _timed_predict(det: Any, samples: Sequence[Any], batch_size: int, device: to
     results: list[Any] = []
     sync(device)
     t = time.perf_counter()
-    with autocast(device, precision):
-        for batch in _batches(samples, batch_size):
-            for r in det.predict_many(batch, batch_size=batch_size, heads=heads, timer=timer):
-                if keep:
-                    results.append(r)
+    for batch in _batches(samples, batch_size):
+        for r in det.predict_many(batch, batch_size=batch_size, heads=heads, timer=timer):
+            if keep:
+                results.append(r)
     sync(device)
     return time.perf_counter() - t, results
 
@@ -177,16 +184,19 @@ def _timed_predict(det: Any, samples: Sequence[Any], batch_size: int, device: to
 def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, batch_size: int = 1,
         device: str = "cpu", random_backbones: bool = True, heads: str = "exact",
         precision: str = "fp32", compile: bool = False, threads: int | None = None,
-        sample_size: int = 800, stages: bool = False, deviation: bool | None = None,
+        sample_size: int = 800, valid_fraction: float | None = None, stages: bool = False,
+        deviation: bool | None = None,
         dino_weights: str | None = None, point_mae_weights: str | None = None,
-        seed: int = 0) -> BenchResult:
+        seed: int = 0, emulate: bool = False) -> BenchResult:
     """Benchmark one configuration in this process. See the module docstring for the protocol.
 
     ``heads``: "exact" (heads at valid pixels only) or "reference" (every head on every pixel);
     ``precision``: "fp32" (exact), "bf16" (autocast; CPU or CUDA) or "fp16" (autocast, CUDA);
     ``compile``: torch.compile the token-wise head layers; ``stages``: also time each stage;
     ``deviation``: compare the maps and scores with the exact fp32 path (default: when
-    precision or compile change the numerics).
+    precision or compile change the numerics); ``valid_fraction``: the share of valid pixels
+    of each generated cloud (`benchmark_samples`; None: as generated, ~17 %); ``emulate``: run
+    bf16 numerics on a CPU without native bf16 (for deviation figures; its times are not bf16's).
     """
     from . import presets
     from .detector import CMDRIAD
@@ -203,26 +213,28 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
     dev = resolve_device(device)
     n_threads = configure_threads(threads)
     notes: list[str] = []
-    precision = resolve_precision(precision, dev, notes.append)  # says so when bf16 is not native
+    resolve_precision(precision, dev, emulate=emulate)  # bad names fail before any work
     cfg = presets.get(preset, modality)
     flops = count_flops(cfg)
-    data = benchmark_samples(samples, size=sample_size, seed=seed, modality=modality)
-    vf = valid_fraction(data, cfg.features.grid_size, cfg.features.transforms)
+    data = benchmark_samples(samples, size=sample_size, seed=seed, modality=modality,
+                             valid_fraction=valid_fraction)
+    vf = grid_valid_fraction(data, cfg.features.grid_size, cfg.features.transforms)
     mem = PeakMemory(dev)
 
     det = CMDRIAD(cfg, dino_weights=dino_weights, point_mae_weights=point_mae_weights,
                   random_backbones=random_backbones, device=dev)
     _ = det.extractor  # build the encoders now (not part of the per-sample time)
     resident = mem.rss_mb()
+    precision = det.set_precision(precision, notes.append, emulate=emulate)  # says so if not native
     compiled = _compile_heads(det, notes) if compile else False
     mm_before = matmul_gflops(dev)
-    with autocast(dev, precision):  # warm-up (allocator, lazy init, compilation)
-        list(det.predict_many(data[:batch_size], batch_size=batch_size, heads=path_heads))
+    # warm-up (allocator, lazy init, compilation)
+    list(det.predict_many(data[:batch_size], batch_size=batch_size, heads=path_heads))
     if deviation is None:
         deviation = precision != "fp32" or compiled
     timer = StageTimer(dev) if stages else None
     mem.reset()
-    seconds, results = _timed_predict(det, data, batch_size, dev, precision, path_heads, timer,
+    seconds, results = _timed_predict(det, data, batch_size, dev, path_heads, timer,
                                       keep=bool(deviation))
     peak = mem.peak_mb()
     if not mem.resettable:
@@ -251,8 +263,13 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
 
 def _deviation(det: Any, data: Sequence[Any], results: Sequence[Any], batch_size: int) -> dict[str, float]:
     """Largest deviation of maps and scores from the exact fp32 path (same samples)."""
-    with torch.no_grad():
-        exact = list(det.predict_many(data, batch_size=batch_size))
+    ran = det.precision
+    det.precision = "fp32"
+    try:
+        with torch.no_grad():
+            exact = list(det.predict_many(data, batch_size=batch_size))
+    finally:
+        det.precision = ran
     map_rel, score_rel = 0.0, 0.0
     for a, b in zip(results, exact, strict=True):
         scale = float(np.abs(b.map_grid).max()) or 1.0
@@ -279,12 +296,13 @@ def run_isolated(timeout: float | None = None, **kwargs: Any) -> BenchResult:
 
 def format_table(results: Sequence[BenchResult]) -> str:
     """A plain-text table, one row per result."""
-    head = ("preset", "modality", "device", "B", "heads", "prec", "s/sample", "FPS", "peak MB",
+    head = ("preset", "modality", "device", "B", "heads", "prec", "valid", "s/sample", "FPS", "peak MB",
             "GFLOP/sample", "matmul GF/s", "fraction")
     rows = [head]
     for r in results:
         rows.append((r.preset, r.modality, r.device, str(r.batch_size), r.heads,
                      r.precision + ("+compile" if r.compiled else ""),
+                     "-" if r.valid_fraction is None else f"{100 * r.valid_fraction:.0f} %",
                      f"{r.seconds_per_sample:.3f}", f"{r.fps:.2f}", f"{r.peak_memory_mb:.0f}",
                      f"{r.flops_per_sample / 1e9:.0f}", f"{r.matmul_gflops:.0f}",
                      f"{100 * r.matmul_fraction:.0f} %"))

@@ -56,6 +56,7 @@ class CMDRIAD:
         self.backbone_seed = int(backbone_seed)
         self._extractor = extractor
         self._path: InferencePath | None = None
+        self.precision = "fp32"  # of inference; `set_precision` changes it
         from .model.fusion import VARIANTS
 
         if self.config.score.variant not in VARIANTS:
@@ -107,10 +108,21 @@ class CMDRIAD:
     def path(self) -> InferencePath:
         """The one inference path over this model's extractor and heads (rebuilt when the scoring
         config changes, e.g. an ablation variant set on `config`)."""
-        if self._path is None or self._path.score_cfg != self.config.score:
+        if (self._path is None or self._path.score_cfg != self.config.score
+                or self._path.precision != self.precision):
             self._path = InferencePath(self.extractor, self.heads, self.config.score, self.modality,
-                                       self.device)
+                                       self.device, self.precision)
         return self._path
+
+    def set_precision(self, precision: str, say=None, *, emulate: bool = False) -> str:
+        """Set the inference precision ("fp32" exact, default; "bf16"; "fp16" on CUDA) and return
+        the one that will run: `precision.resolve_precision` tells ``say`` (one line) and keeps
+        fp32 where the hardware has no native bf16 (``emulate``: run bf16 numerics anyway, for
+        deviation checks). Raises `UserInputError` for an unknown name or fp16 off CUDA."""
+        from .precision import resolve_precision
+
+        self.precision = resolve_precision(precision, self.device, say, emulate=emulate)
+        return self.precision
 
     def _check_backbone(self, ext: Any) -> None:
         exp = self._expected_backbone

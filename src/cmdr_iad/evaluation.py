@@ -192,7 +192,7 @@ def evaluate_detector(det: Any, dataset: Sequence[Any], *, name: str = "", categ
         "n": n, "n_defective": int(np.sum(np.asarray(labels) == 1)),
         "fps": n / elapsed if elapsed > 0 else None, "seconds": elapsed,
         "peak_memory_mb": peak, "peak_memory_kind": kind, "device": str(det.device),
-        "protocol": PAPER_PROTOCOL,
+        "precision": getattr(det, "precision", "fp32"), "protocol": PAPER_PROTOCOL,
         "branches_used": {b: branches.count(b) for b in sorted(set(branches))},
     })
     paper = {k: metrics[k] for k in METRIC_KEYS}

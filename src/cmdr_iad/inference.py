@@ -36,6 +36,7 @@ from .memory import release_memory
 from .model.distances import reference_distance_maps, sample_distance_maps
 from .model.fusion import FUSED_CHAIN, REC2D_CHAIN, grid_chain
 from .model.fusion import score as fusion_score
+from .precision import PRECISIONS, autocast
 
 __all__ = [
     "HEAD_PATHS",
@@ -177,16 +178,23 @@ class InferencePath:
 
     extractor: the `FeatureExtractor` of the model's modality (a branch that needs fewer
     encoders gets a view on the same encoder modules); heads: the head modules by official name
-    (eval mode); score_cfg: fusion variant and temperature.
+    (eval mode); score_cfg: fusion variant and temperature; precision: a resolved
+    `precision.PRECISIONS` entry (see `precision.resolve_precision`): the encoders and heads
+    run under its autocast, the geometry, distance maps and fusion in float32. Features given
+    to :meth:`score` (the feature cache) were extracted in float32, so only the heads run in
+    reduced precision then.
     """
 
     def __init__(self, extractor: Any, heads: Mapping[str, torch.nn.Module], score_cfg: ScoreConfig,
-                 modality: str, device: torch.device) -> None:
+                 modality: str, device: torch.device, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.extractor = extractor
         self.heads = heads
         self.score_cfg = score_cfg
         self.modality = modality
         self.device = torch.device(device)
+        self.precision = precision
         self._by_branch: dict[str, Any] = {modality: extractor}
 
     def extractor_for(self, branch: str) -> Any:
@@ -201,6 +209,10 @@ class InferencePath:
                 ext.vit if branch == "rgb" else None, ext.point_mae if branch == "xyz" else None,
                 ext.cfg, branch, identities=ext.weights, device=self.device)
         return self._by_branch[branch]
+
+    def _network(self) -> AbstractContextManager[object]:
+        """The autocast region of the encoders and heads (a no-op in fp32)."""
+        return autocast(self.device, self.precision)
 
     @torch.no_grad()
     def score(self, rgb: torch.Tensor | None = None, xyz: torch.Tensor | None = None, *,
@@ -231,7 +243,7 @@ class InferencePath:
         maps: dict[str, list[torch.Tensor]] = defaultdict(list)
         valids = []
         for i in range(n):
-            with timer("features"):
+            with timer("features"), self._network():
                 if features is not None:
                     rows = features[i]
                 else:
@@ -241,7 +253,7 @@ class InferencePath:
                 s3 = rows.f3d if branch != "rgb" else None
                 v = rows.valid.to(self.device) if s3 is not None else \
                     torch.ones(rows.valid.shape, dtype=torch.bool, device=self.device)
-            with timer("heads"):
+            with timer("heads"), self._network():
                 for k, m in sample_distance_maps(self.heads, s2, s3, v, between=trim).items():
                     maps[k].append(m)
             valids.append(v)
@@ -257,9 +269,9 @@ class InferencePath:
     def _score_reference(self, rgb: torch.Tensor | None, xyz: torch.Tensor | None, branch: str,
                          timer: Timer) -> Scores:
         """The reference path: dense feature maps, every head on every pixel, then the fusion."""
-        with timer("features"):
+        with timer("features"), self._network():
             f = self.extractor_for(branch).extract(rgb, xyz)
-        with timer("heads"):
+        with timer("heads"), self._network():
             d = reference_distance_maps(self.heads, f.f2d, f.f3d)
             valid = f.valid.to(self.device)
             del f

@@ -102,6 +102,10 @@ def machine_info(device: torch.device) -> dict[str, Any]:
             "platform": platform.platform()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    from .precision import precision_support
+
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the kernels torch picked
+    info["precision_support"] = precision_support(device)  # native bf16: AMX / AVX-512 BF16
     try:
         info["load_average"] = list(os.getloadavg())
     except OSError:  # pragma: no cover

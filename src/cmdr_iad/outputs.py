@@ -40,7 +40,7 @@ def prediction_record(res: Any, sample: Any, det: Any, model: str) -> dict[str, 
     record = res.to_json()
     record.update({
         "model": model, "modality_of_model": det.modality, "preset": det.config.preset,
-        "random_backbones": det.random_backbones,
+        "random_backbones": det.random_backbones, "precision": det.precision,
         "inputs": {"rgb": None if sample.rgb_path is None else str(sample.rgb_path),
                    "xyz": None if sample.xyz_path is None else str(sample.xyz_path)},
         "label": None if sample.gt is None else int(sample.label),

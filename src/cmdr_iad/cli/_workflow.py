@@ -87,4 +87,6 @@ def load_detector(path: Path, args):
     det = CMDRIAD.load(path, device=resolve_device(getattr(args, "device", "auto")),
                        dino_weights=getattr(args, "dino_weights", None),
                        point_mae_weights=getattr(args, "point_mae_weights", None))
+    # said once (stdout: stderr is kept for the one-line error); fp32 runs where bf16 is not native
+    det.set_precision(getattr(args, "precision", "fp32"), lambda m: say(args, f"note: {m}"))
     return det

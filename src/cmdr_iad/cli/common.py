@@ -44,6 +44,21 @@ def add_device(p: argparse.ArgumentParser) -> None:
                    help="compute device (auto: CUDA when available; cuda:N picks GPU N)")
 
 
+def add_precision(p: argparse.ArgumentParser) -> None:
+    # checked by `check_precision` with the device at the start of each verb (fp16 needs CUDA)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="precision of the encoders and heads: fp32 (default, exact), bf16 "
+                        "(CUDA, or a CPU with AMX / AVX-512 BF16; elsewhere fp32 runs, with a "
+                        "note), fp16 (CUDA only). Geometry, distances, fusion and metrics stay fp32")
+
+
+def check_precision(args: argparse.Namespace) -> str:
+    """``--precision`` against ``--device`` before any work (UserInputError: fp16 off CUDA)."""
+    from ..precision import resolve_precision
+
+    return resolve_precision(getattr(args, "precision", "fp32"), resolve_device(args.device))
+
+
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

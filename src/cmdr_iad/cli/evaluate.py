@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_device, add_quiet, add_units, resolve_device
+from .common import add_device, add_precision, add_quiet, add_units, check_precision, resolve_device
 
 
 def register(subparsers) -> None:
@@ -32,6 +32,7 @@ def register(subparsers) -> None:
                    help="Point-MAE weights (default: the file the model was trained with)")
     add_units(p)
     add_device(p)
+    add_precision(p)
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -124,6 +125,7 @@ def run(args) -> int:
     from .common import require_writable
 
     resolve_device(args.device)
+    check_precision(args)
     require_weight_files(args)
     models = find_models(Path(args.model_dir))
     root = require_path(args.data_root, "dataset root")

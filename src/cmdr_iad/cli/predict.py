@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device, add_quiet, add_units, resolve_device
+from .common import add_device, add_precision, add_quiet, add_units, check_precision, resolve_device
 
 RGB_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 XYZ_EXTS = (".tiff", ".tif", ".npy", ".pcd")
@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--point-mae-weights", metavar="FILE", default=None)
     add_units(p)
     add_device(p)
+    add_precision(p)
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -108,6 +109,7 @@ def run(args) -> int:
     from .common import require_writable
 
     resolve_device(args.device)
+    check_precision(args)
     require_weight_files(args)
     model_dir = Path(args.model_dir)
     read_metadata(model_dir)  # a missing or unreadable model folder fails before any file is read

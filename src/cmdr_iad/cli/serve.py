@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_device, resolve_device
+from .common import add_device, add_precision, check_precision, resolve_device
 
 
 def register(subparsers) -> None:
@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--dino-weights", metavar="FILE", default=None)
     p.add_argument("--point-mae-weights", metavar="FILE", default=None)
     add_device(p)
+    add_precision(p)
     p.set_defaults(func=run)
 
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UserInputError(f"--port must be 0..65535, got {args.port}")
     resolve_device(args.device)
+    check_precision(args)
     require_weight_files(args)
     model_dir = Path(args.model_dir)
     read_metadata(model_dir)  # a missing or unreadable model folder fails before the server starts
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(ServeConfig(model_dir=model_dir, device=args.device, max_queue=args.max_queue,
                                  max_upload_mb=args.max_upload_mb, results_dir=results,
                                  keep_results=args.keep_results, dino_weights=args.dino_weights,
-                                 point_mae_weights=args.point_mae_weights))
+                                 point_mae_weights=args.point_mae_weights,
+                                 precision=args.precision))
     print(f"cmdr-iad serve: {model_dir} on http://{args.host}:{args.port}/ (ready when /readyz is 200)",
           flush=True)
     import signal

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserInputError
+from ..precision import full_precision
 
 __all__ = [
     "GroupedPoints",
@@ -89,6 +90,7 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
+@full_precision
 def farthest_point_sample(points: Tensor, num_samples: int, lengths: Tensor | None = None) -> Tensor:
     """Farthest point sampling starting at index 0, as the (patched) reference.
 
@@ -145,6 +147,7 @@ def _order_keys(values: Tensor, index: Tensor) -> Tensor:
     return (bits << 32) | index
 
 
+@full_precision
 def smallest_k(d: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k smallest entries of float32 `d` along the last axis in (value, index) order: exact
     ties go to the lower index, so the result does not depend on padding, chunking or device
@@ -173,6 +176,7 @@ def smallest_k(d: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
+@full_precision
 def knn(points: Tensor, centres: Tensor, k: int, lengths: Tensor | None = None,
         chunk_elements: int = _CHUNK_ELEMENTS) -> Tensor:
     """The k nearest points of every centre, nearest first.
@@ -222,6 +226,7 @@ class GroupedPoints:
 
 
 @torch.no_grad()
+@full_precision
 def group_points(points: Tensor, num_group: int, group_size: int,
                  lengths: Tensor | None = None) -> GroupedPoints:
     """FPS (start 0) → k-NN → centred neighbourhoods, as Point-MAE's `Group` (batched)."""
@@ -232,6 +237,7 @@ def group_points(points: Tensor, num_group: int, group_size: int,
     return GroupedPoints(center_idx, centres, knn_idx, neighbourhoods)
 
 
+@full_precision
 def square_distance(src: Tensor, dst: Tensor) -> Tensor:
     """Squared distances `(B, N, M)` in the reference's operation order (float32):
     `(−2·(src·dst) + |src|²) + |dst|²`. src `(B, N, 3)`, dst `(B, M, 3)`."""
@@ -242,6 +248,7 @@ def square_distance(src: Tensor, dst: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+@full_precision
 def three_nn(points: Tensor, centres: Tensor, chunk_elements: int = _CHUNK_ELEMENTS
              ) -> tuple[Tensor, Tensor]:
     """The 3 nearest centres of every point, nearest first (reference distance formula).
@@ -278,12 +285,14 @@ def three_nn(points: Tensor, centres: Tensor, chunk_elements: int = _CHUNK_ELEME
     return sqd, idx
 
 
+@full_precision
 def inverse_distance_weights(sqdist: Tensor) -> Tensor:
     """`w = 1/(d + 1e-8)`, normalised over the last axis (reference; d is the squared distance)."""
     recip = 1.0 / (sqdist + 1e-8)
     return recip / torch.sum(recip, dim=-1, keepdim=True)
 
 
+@full_precision
 def interpolate_features(features: Tensor, idx: Tensor, weights: Tensor) -> Tensor:
     """Weighted sum of 3 neighbour features: features `(B, C, S)`, idx/weights `(B, N, 3)` →
     `(B, N, C)`; summed as `(f0·w0 + f1·w1) + f2·w2` like the reference's sum over the 3 axis."""

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..errors import UserInputError
 from ..memory import release_memory
 from ..model.tokens import PackedRows
+from ..precision import to_float32
 from .geometry import (
     GroupedPoints,
     farthest_point_sample,
@@ -161,7 +162,7 @@ def point_features(model: PointMAE, points: Tensor, lengths: Tensor | None = Non
         groups = GroupedPoints(center_idx, centres, knn_idx,
                                gather_points(pts, knn_idx) - centres.unsqueeze(2))
     with timer("point_mae"):
-        feats = model(groups.neighbourhoods, groups.centres, bn=bn)
+        feats = to_float32(model(groups.neighbourhoods, groups.centres, bn=bn))  # autocast → fp32
     return PointFeatures(feats, groups)
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError, WeightsError
+from ..precision import to_float32
 
 __all__ = [
     "VIT_NAME",
@@ -79,10 +80,11 @@ def _check_rgb(model: nn.Module, rgb: torch.Tensor) -> None:
 
 
 def vit_feature_map(model: nn.Module, rgb: torch.Tensor) -> torch.Tensor:
-    """(B,3,S,S) normalised RGB → (B,768,S/8,S/8) tokens after the final norm, CLS dropped."""
+    """(B,3,S,S) normalised RGB → (B,768,S/8,S/8) float32 tokens after the final norm, CLS
+    dropped (under autocast the blocks run in reduced precision; the output is float32)."""
     _check_rgb(model, rgb)
     rgb = rgb.to(model.cls_token.dtype)
-    tokens = model.forward_features(rgb)  # patch_embed → +cls, +pos → blocks → norm
+    tokens = to_float32(model.forward_features(rgb))  # patch_embed → +cls, +pos → blocks → norm
     patches = tokens[:, model.num_prefix_tokens:]  # (B, P, C), P = (S/8)² row-major
     b, p, c = patches.shape
     h, w = model.patch_embed.grid_size

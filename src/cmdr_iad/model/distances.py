@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import full_precision, to_float32
 from .fast import check_valid, chunk_rows
 from .fusion import euclid
 from .losses import row_losses
@@ -34,9 +35,11 @@ EPS = 1e-12  # as fusion.euclid
 DISTANCE_KEYS = ("d_map2d", "d_map3d", "d_rec2d", "d_rec3d")
 
 
+@full_precision
 def normalized_distance(a: torch.Tensor, b_unit: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """``fusion.euclid(a, b)`` when ``b_unit = F.normalize(b, dim=-1, eps=eps)``: ``(..., C) → (...)``."""
-    return (F.normalize(a, dim=-1, eps=eps) - b_unit).pow(2).sum(-1).sqrt()
+    """``fusion.euclid(a, b)`` when ``b_unit = F.normalize(b, dim=-1, eps=eps)``: ``(..., C) → (...)``,
+    in float32 (a head output from an autocast region is cast first)."""
+    return (F.normalize(to_float32(a), dim=-1, eps=eps) - b_unit).pow(2).sum(-1).sqrt()
 
 
 def wanted_distances(heads: Mapping[str, nn.Module], has2: bool, has3: bool) -> list[str]:
@@ -129,13 +132,19 @@ def reference_distance_maps(heads: Mapping[str, nn.Module], f2d: torch.Tensor | 
     t2 = None if f2d is None else f2d.float().flatten(2).transpose(1, 2)
     t3 = None if f3d is None else f3d.float().flatten(2).transpose(1, 2)
     d: dict[str, torch.Tensor] = {}
+
+    def dist(name: str, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+        pred = to_float32(heads[name](src))  # a head under autocast: its output back in fp32
+        with torch.autocast(src.device.type, enabled=False):
+            return euclid(pred, dst).view(b, g, g)
+
     if t2 is not None and t3 is not None and "map3Dto2D" in heads and "map2Dto3D" in heads:
-        d["d_map2d"] = euclid(heads["map3Dto2D"](t3), t2).view(b, g, g)
-        d["d_map3d"] = euclid(heads["map2Dto3D"](t2), t3).view(b, g, g)
+        d["d_map2d"] = dist("map3Dto2D", t3, t2)
+        d["d_map3d"] = dist("map2Dto3D", t2, t3)
     if t2 is not None and "Dec2D" in heads:
-        d["d_rec2d"] = euclid(heads["Dec2D"](t2), t2).view(b, g, g)
+        d["d_rec2d"] = dist("Dec2D", t2, t2)
     if t3 is not None and "Dec3D" in heads:
-        d["d_rec3d"] = euclid(heads["Dec3D"](t3), t3).view(b, g, g)
+        d["d_rec3d"] = dist("Dec3D", t3, t3)
     return d
 
 

@@ -46,6 +46,7 @@ class ServeConfig:
     keep_results: int = 256
     dino_weights: str | None = None
     point_mae_weights: str | None = None
+    precision: str = "fp32"  # of the encoders and heads (`precision.resolve_precision`)
 
 
 @dataclass
@@ -98,6 +99,8 @@ def _load(state: _State, gauge: Any) -> None:
             device = cfg.device
             dino_weights = cfg.dino_weights
             point_mae_weights = cfg.point_mae_weights
+            precision = cfg.precision
+            quiet = False
 
         det = load_detector(cfg.model_dir, _Args)
         det.predict(_warm_sample(det))  # builds the encoders, warms the allocator and kernels
@@ -128,6 +131,7 @@ def _predict_job(state: _State, sample: Any, rid: str) -> dict[str, Any]:
         "threshold": record["threshold"], "branch": record["branch"],
         "missing_modality": record["missing_modality"], "notes": record["notes"],
         "timing_ms": timing, "model": _model_info(state), "random_backbones": det.random_backbones,
+        "precision": det.precision,
         "files": sorted(stored_files), "points": _points(sample, res, det),
     }
     state.store.put(rid, Stored(answer, stored_files))
@@ -222,7 +226,8 @@ def create_app(cfg: ServeConfig, *, load_in_background: bool = True):
         det = state.det
         out = {**_model_info(state), "config": det.config.to_dict(), "thresholds": det.thresholds,
                "calibration": det.calibration, "random_backbones": det.random_backbones,
-               "device": str(det.device), "load_seconds": state.load_seconds}
+               "device": str(det.device), "precision": det.precision,
+               "load_seconds": state.load_seconds}
         if det.random_backbones:
             out["warning"] = RANDOM_WARNING
         return out
