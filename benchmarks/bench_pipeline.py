@@ -11,6 +11,9 @@ the heads (`bench_heads.py`) and, with --training, a training epoch both ways
     python benchmarks/bench_pipeline.py --all-presets --samples 3
     python benchmarks/bench_pipeline.py --from-json results.json --write-docs   # no re-run
 
+By default the main configuration also runs at 20 / 58 / 95 % valid pixels (`--valid-fractions`),
+five fresh processes each for the peak memory (`--memory-runs`), and with --bf16 in bf16 too.
+
 Time ratios come from runs on the same machine in one invocation; on a shared machine the
 load changes between runs, so the ratio normalised by each run's own matmul throughput is shown
 as well. Numbers are printed, never asserted.
@@ -42,7 +45,7 @@ def run_configs(args) -> dict:
         for modality in modalities:
             base = dict(preset=preset, modality=modality, samples=args.samples, batch_size=1,
                         device=args.device, random_backbones=True, stages=True, threads=args.threads,
-                        sample_size=args.sample_size)
+                        sample_size=args.sample_size, valid_fraction=args.valid_fraction)
             main = (preset, modality) == (args.preset, args.modality)
             for heads in ("exact", "reference"):
                 if heads == "reference" and not main:
@@ -59,7 +62,18 @@ def run_configs(args) -> dict:
             if args.bf16 and (preset, modality) == (args.preset, args.modality):
                 print(f"running {preset} {modality} bf16 ...", flush=True)
                 results.append(run_isolated(**{**base, "precision": "bf16", "stages": False}).to_dict())
-    out = {"pipeline": results, "date": _dt.date.today().isoformat()}
+    fractions = [float(f) for f in args.valid_fractions.split(",")] if args.valid_fractions else []
+    by_fraction = []
+    for vf in fractions:
+        for precision in ("fp32", "bf16") if args.bf16 else ("fp32",):
+            for k in range(args.memory_runs if precision == "fp32" else 1):
+                print(f"running {args.preset} {args.modality} {precision} at {100 * vf:.0f} % valid "
+                      f"({k + 1}) ...", flush=True)
+                by_fraction.append(run_isolated(
+                    preset=args.preset, modality=args.modality, samples=args.samples, batch_size=1,
+                    device=args.device, random_backbones=True, stages=True, threads=args.threads,
+                    sample_size=args.sample_size, valid_fraction=vf, precision=precision).to_dict())
+    out = {"pipeline": results, "by_fraction": by_fraction, "date": _dt.date.today().isoformat()}
     if not args.no_heads:
         print("measuring the heads ...", flush=True)
         out["heads"] = _script_json("bench_heads.py", ["--sample-size", str(args.sample_size)])
@@ -85,6 +99,33 @@ def _median_run(runs: list[dict]) -> dict:
     """The run with the median time (the lower middle one for an even count)."""
     ordered = sorted(runs, key=lambda r: r["seconds_per_sample"])
     return ordered[(len(ordered) - 1) // 2]
+
+
+def _fraction_section(rows: list[dict]) -> list[str]:
+    """Time and peak memory at each valid-pixel fraction, per precision (median time of the
+    fresh-process runs; every run's peak memory, against the 2,048 MB target)."""
+    if not rows:
+        return []
+    out = ["## By valid-pixel fraction", "",
+           "Clouds with exactly the given share of valid pixels (`--valid-fraction`: one compact "
+           "object, `data.synthetic.cloud_with_valid_fraction`); preprocessed MVTec 3D-AD samples are "
+           "typically 30–60 % valid, the generated scans alone ~17 %.", "",
+           "| valid pixels | precision | runs | s / sample (median) | features | heads | peak memory per run "
+           "| max peak < 2,048 MB | matmul GFLOP/s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((round(r["valid_fraction"], 3), r["precision"]), []).append(r)
+    for (vf, prec), runs in sorted(groups.items()):
+        med = _median_run(runs)
+        peaks = [r["peak_memory_mb"] for r in runs]
+        out.append(f"| {100 * vf:.0f} % | {prec} | {len(runs)} | {med['seconds_per_sample']:.2f} "
+                   f"| {med['stages'].get('features', 0):.2f} | {med['stages'].get('heads', 0):.2f} "
+                   f"| {', '.join(f'{p:.0f}' for p in peaks)} MB | {'yes' if max(peaks) < 2048 else 'no'} "
+                   f"| {med['matmul_gflops']:.0f} |")
+    notes = sorted({n for r in rows for n in r.get("notes", [])})
+    out += [""] + [f"- note: {n}" for n in notes] + ([""] if notes else [])
+    return out
 
 
 def render(data: dict) -> str:
@@ -126,7 +167,9 @@ def render(data: dict) -> str:
         "",
         "## Machine",
         "",
-        f"- CPU: {m.get('cpu')}, {m.get('physical_cores')} physical cores, {fast['threads']} threads",
+        f"- CPU: {m.get('cpu')}, {m.get('physical_cores')} physical cores, {fast['threads']} threads; "
+        f"torch CPU kernels {m.get('cpu_capability', '?')}; native bf16: "
+        f"{(m.get('precision_support') or {}).get('bf16_feature') or 'none (neither AMX nor AVX-512 BF16)'}",
         f"- torch {m.get('torch')}, Python {m.get('python')}, {m.get('platform')}",
         f"- load average during the fast run: {', '.join(f'{x:.1f}' for x in m.get('load_average', []))}"
         " (the machine was shared; see the matmul throughput of each run)",
@@ -154,6 +197,7 @@ def render(data: dict) -> str:
             f"matmul throughput; peak memory {ref['peak_memory_mb']:.0f} MB → {fast['peak_memory_mb']:.0f} MB.",
             "",
         ]
+    lines += _fraction_section(data.get("by_fraction") or [])
     for r in res:
         if r.get("stages"):
             st = ", ".join(f"{k} {v:.2f} s" for k, v in r["stages"].items())
@@ -293,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-size", type=int, default=800)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--valid-fractions", default="0.2,0.58,0.95", metavar="F,F,...",
+                    help="also run the main configuration on clouds with these shares of valid "
+                         "pixels (default 0.2,0.58,0.95; '' to skip)")
+    ap.add_argument("--valid-fraction", type=float, default=None,
+                    help="the valid-pixel share of the main runs' clouds (default: as generated)")
+    ap.add_argument("--memory-runs", type=int, default=5,
+                    help="fresh-process fp32 runs per valid fraction (peak memory of each is shown)")
     ap.add_argument("--bf16", action="store_true", help="also run bf16 autocast and report its deviation")
     ap.add_argument("--no-heads", action="store_true", help="skip the per-head measurement")
     ap.add_argument("--training", action="store_true", help="also measure a training epoch both ways")

@@ -140,8 +140,14 @@ def _randomise(m: nn.Module) -> nn.Module:
     return m.eval()
 
 
+@pytest.mark.parametrize("band", [32, 1, 4])
 @pytest.mark.parametrize("s,ws", [(10, 16), (9, 128), (12, 7)])
-def test_decoder2d_region_path_equals_plain(s, ws):
+def test_decoder2d_region_path_equals_plain(s, ws, band, monkeypatch):
+    """Also with the convolutions in bands of 1 and 4 output rows (halo rows at every band edge
+    and at the image border)."""
+    from cmdr_iad.model import rows as row_paths
+
+    monkeypatch.setattr(row_paths, "BAND_ROWS", band)
     net = _randomise(Decoder2D(32, s, 4, ws))
     x = torch.randn(3, s * s, 32)
     valid = torch.cat([grid_mask(2, s), torch.ones(1, s * s, dtype=torch.bool)])

@@ -16,7 +16,7 @@ What is skipped, per head:
   without autograd (:func:`~cmdr_iad.model.fast.apply_rows`).
 - Decoder2D (eval): projection + windowed attention only for the windows touching the valid
   pixels' bounding box grown by 3 pixels (the reach of three 3×3 convolutions), the convolutions
-  (BatchNorm folded in, NHWC) only on that box. In training BatchNorm uses batch statistics over
+  (BatchNorm folded in, NHWC) only on that box, in bands of `BAND_ROWS` output rows. In training BatchNorm uses batch statistics over
   every pixel, so the trunk runs densely.
 - Decoder3D: its token-axis Linear skips tokens that are exactly zero (missing 3D points), the
   transposed 1D convolutions run as matmuls in channels-last layout (BatchNorm folded in eval);
@@ -53,6 +53,10 @@ SKIP_CHUNK = 2048
 """Tokens per matmul of the skipping Linear without autograd (≤ 13 MB of weights)."""
 LAST_CHUNK = 2048
 """Output rows per matmul of Decoder3D's last layer in eval mode (≤ 10 MB)."""
+BAND_ROWS = 32
+"""Output rows per band of Decoder2D's convolutions in eval mode: 3 % more convolution work (the
+halo) for a working set of two (38 × W × r) maps instead of two box-sized ones (~80 MB each on a
+95 %-valid paper-size sample)."""
 
 
 # --------------------------------------------------------------------------- entry points
@@ -172,22 +176,27 @@ def _decoder2d_rows(dec: Decoder2D, src: TokenRows, valid: torch.Tensor, step: i
         del out
         k = e + 1
 
-    g = box.permute(2, 0, 1)[None]  # (1, r, H, W) view, channels-last memory
-    del box
-    for depth, (w, b) in enumerate(_conv_layers(dec), start=1):
-        g = F.conv2d(g, w.contiguous(memory_format=torch.channels_last), b)
-        g = torch.ops.aten.gelu_(g)
-        top, left = max(0, -(R0 + depth)), max(0, -(C0 + depth))
-        bottom, right = max(0, R1 - depth - (s - 1)), max(0, C1 - depth - (s - 1))
-        if top or left or bottom or right:  # outside the image: the next layer sees zeros
-            g[..., :top, :] = 0
-            g[..., g.shape[-2] - bottom:, :] = 0
-            g[..., :, :left] = 0
-            g[..., :, g.shape[-1] - right:] = 0
-    rows = g[0].permute(1, 2, 0)[m[r0:r1 + 1, c0:c1 + 1]]  # (n_valid, r), row-major
-    del g
-    for i in range(0, rows.shape[0], step):
-        yield dec.reconstruct(rows[i:i + step])
+    layers = [(w.contiguous(memory_format=torch.channels_last), b) for w, b in _conv_layers(dec)]
+    # the convolutions in bands of output rows (each band reads its rows of the box plus the
+    # 3-row halo): the working set is two band-sized maps instead of two box-sized ones
+    for y0 in range(r0, r1 + 1, BAND_ROWS):
+        y1 = min(y0 + BAND_ROWS, r1 + 1)  # output rows [y0, y1) = box rows [y0-R0-3, y1-R0+3)
+        g = box[y0 - r0:y1 - r0 + 2 * halo].permute(2, 0, 1)[None]  # (1, r, h, W) channels-last
+        for depth, (w, b) in enumerate(layers, start=1):
+            g = torch.ops.aten.gelu_(F.conv2d(g, w, b))
+            top = max(0, -(y0 - halo + depth))  # rows above the image: the next layer sees zeros
+            bottom = max(0, (y1 - 1 + halo - depth) - (s - 1))
+            left, right = max(0, -(C0 + depth)), max(0, C1 - depth - (s - 1))
+            if top or left or bottom or right:
+                g[..., :top, :] = 0
+                g[..., g.shape[-2] - bottom:, :] = 0
+                g[..., :, :left] = 0
+                g[..., :, g.shape[-1] - right:] = 0
+        rows = g[0].permute(1, 2, 0)[m[y0:y1, c0:c1 + 1]]  # (n_valid of the band, r), row-major
+        del g
+        for i in range(0, rows.shape[0], step):
+            yield dec.reconstruct(rows[i:i + step])
+        del rows
 
 
 # --------------------------------------------------------------------------- Decoder3D
