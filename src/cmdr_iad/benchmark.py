@@ -215,7 +215,6 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
     notes: list[str] = []
     resolve_precision(precision, dev, emulate=emulate)  # bad names fail before any work
     cfg = presets.get(preset, modality)
-    flops = count_flops(cfg)
     data = benchmark_samples(samples, size=sample_size, seed=seed, modality=modality,
                              valid_fraction=valid_fraction)
     vf = grid_valid_fraction(data, cfg.features.grid_size, cfg.features.transforms)
@@ -244,6 +243,7 @@ def run(preset: str = "paper", modality: str = "rgb+xyz", *, samples: int = 5, b
         st = {k: v / len(data) for k, v in timer.seconds.items()}
         st["unaccounted"] = max(0.0, seconds / len(data) - sum(st.values()))
     mm_after = matmul_gflops(dev)
+    flops = count_flops(cfg)  # after the peak: its meta-device networks import sympy (~40 MB)
     dev_info = None
     if deviation:
         dev_info = _deviation(det, data, results, batch_size)

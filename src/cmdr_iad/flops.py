@@ -41,9 +41,9 @@ def count_flops(config: Any) -> dict[str, int]:
     meta = torch.device("meta")
     with torch.device(meta), torch.no_grad():
         if cfg.uses_rgb:
-            import timm
+            from .features.vit import build_vit
 
-            vit = timm.create_model(fc.vit_name, pretrained=False, num_classes=0, img_size=fc.rgb_size)
+            vit = build_vit(fc.rgb_size, fc.vit_name)
             rgb = torch.empty(1, 3, fc.rgb_size, fc.rgb_size)
             out["vit"] = count(lambda: vit.forward_features(rgb))
         if cfg.uses_xyz:

@@ -140,3 +140,43 @@ def test_strict_key_errors(sd224):
         load_vit_state_dict(m, sd)
     with pytest.raises(WeightsError, match="missing keys"):
         load_vit_state_dict(m, {"fc.weight": torch.zeros(2)})
+
+
+def test_our_network_is_timms_vit_key_for_key_and_output_for_output(vit64, sd224):
+    """`vit_net.VisionTransformer` against timm's `vit_base_patch8_224.dino` (the reference
+    implementation, still a dependency): same state-dict keys in the same order (so the seeded
+    init and every checkpoint layout load alike), bit-identical features, and the same
+    position-embedding resampling of 224-trained weights."""
+    import timm
+
+    ref = timm.create_model("vit_base_patch8_224.dino", pretrained=False, num_classes=0,
+                            img_size=64).eval()
+    assert list(ref.state_dict()) == list(vit64.state_dict())
+    ref.load_state_dict(vit64.state_dict())
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(vit64.forward_features(x), ref.forward_features(x))
+        assert torch.equal(vit64(x), ref(x))
+    ours = create_vit(64, empty=True)
+    load_vit_state_dict(ours, sd224)
+    from timm.layers import resample_abs_pos_embed
+
+    want = resample_abs_pos_embed(sd224["pos_embed"], new_size=[8, 8], num_prefix_tokens=1)
+    torch.testing.assert_close(ours.pos_embed.data, want, rtol=0, atol=1e-7)
+
+
+def test_inference_imports_neither_timm_nor_torchvision():
+    """Building a detector and predicting never imports timm, torchvision, sympy or
+    torch._dynamo (their import alone is ~195 MB of resident memory); checked in a fresh
+    process (tiny preset, random backbones)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cmdr_iad import CMDRIAD, presets; "
+            "from cmdr_iad.benchmark import benchmark_samples; "
+            "d = CMDRIAD(presets.tiny('rgb+xyz'), random_backbones=True, device='cpu'); "
+            "list(d.predict_many(benchmark_samples(1, size=100))); "
+            "print(sorted(k for k in ('timm', 'torchvision', 'sympy', 'torch._dynamo') "
+            "if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -27,6 +27,7 @@ from .weights import (
     DINO,
     POINT_MAE,
     WeightIdentity,
+    materialize_empty,
     module_identity,
     random_identity,
     resolve_weights,
@@ -185,7 +186,7 @@ class FeatureExtractor:
             if random_backbones:
                 with torch.device("meta"):  # skip the default init: values are filled next
                     pmae = PointMAE(num_group=cfg.num_group, group_size=cfg.group_size)
-                pmae = seeded_init_(pmae.to_empty(device="cpu"), seed + 1)
+                pmae = seeded_init_(materialize_empty(pmae), seed + 1)
                 idents["point_mae"] = random_identity("point_mae", seed + 1)
             else:
                 from .point_mae_ckpt import load_point_mae_weights

@@ -1,4 +1,5 @@
-"""DINO ViT-B/8 2D encoder (timm `vit_base_patch8_224.dino`) and its weight loading.
+"""DINO ViT-B/8 2D encoder (timm `vit_base_patch8_224.dino`, built by `vit_net` with timm's
+parameter names) and its weight loading.
 
 The feature map is the reference's: last block → final LayerNorm → drop the CLS token →
 (B, 768, S/8, S/8) in row-major patch order, then bilinear upsampling (align_corners=False)
@@ -24,11 +25,13 @@ from torch import nn
 
 from ..errors import UserInputError, WeightsError
 from ..precision import to_float32
+from .weights import materialize_empty
 
 __all__ = [
     "VIT_NAME",
     "PATCH_SIZE",
     "EMBED_DIM",
+    "build_vit",
     "create_vit",
     "vit_feature_map",
     "rgb_feature_map",
@@ -43,23 +46,36 @@ PATCH_SIZE = 8
 EMBED_DIM = 768
 
 
-def create_vit(rgb_size: int = 224, name: str = VIT_NAME, *, empty: bool = False) -> nn.Module:
-    """The timm ViT with timm's random init, head removed, in eval mode and frozen.
-
-    `rgb_size` sets the expected input side (timm `img_size`); the position embedding then has
-    1 + (rgb_size/8)² entries. `empty=True` skips the (slow, ~2 s) random init and leaves the
-    parameters uninitialised: only for a model whose weights are loaded next.
-    """
-    import timm
-
+def build_vit(rgb_size: int = 224, name: str = VIT_NAME, *, init: bool = True) -> nn.Module:
+    """The bare network on the current default device (e.g. inside ``torch.device("meta")``):
+    `vit_net.VisionTransformer` for :data:`VIT_NAME`, `timm.create_model` otherwise. ``init``:
+    run our network's own random init of the embeddings (off on the meta device)."""
     if rgb_size % PATCH_SIZE or rgb_size < PATCH_SIZE:
         raise UserInputError(f"rgb_size must be a positive multiple of {PATCH_SIZE}, got {rgb_size}")
+    if name == VIT_NAME:
+        from .vit_net import VisionTransformer
+
+        return VisionTransformer(img_size=rgb_size, patch=PATCH_SIZE, dim=EMBED_DIM, init=init)
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=0, img_size=rgb_size)
+
+
+def create_vit(rgb_size: int = 224, name: str = VIT_NAME, *, empty: bool = False) -> nn.Module:
+    """The ViT, head removed, in eval mode and frozen: `vit_net.VisionTransformer` for
+    :data:`VIT_NAME` (timm's keys and numerics without importing timm), `timm.create_model` for
+    any other name.
+
+    `rgb_size` sets the expected input side (timm `img_size`); the position embedding then has
+    1 + (rgb_size/8)² entries. `empty=True` skips the random init and leaves the parameters
+    uninitialised: only for a model whose weights are loaded (or seeded) next.
+    """
     if empty:
         with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, num_classes=0, img_size=rgb_size)
-        model = model.to_empty(device="cpu")
+            model = build_vit(rgb_size, name, init=False)
+        materialize_empty(model)
     else:
-        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=rgb_size)
+        model = build_vit(rgb_size, name)
     model.eval()
     model.requires_grad_(False)
     return model
@@ -135,8 +151,9 @@ def normalize_vit_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _resample_pos_embed(pos: torch.Tensor, target_shape: torch.Size, prefix: int) -> torch.Tensor:
-    from timm.layers import resample_abs_pos_embed
-
+    """The patch part of a (1, prefix + n², C) position embedding resampled to the target's
+    grid: bicubic with antialiasing, align_corners=False, in float32 (what timm applies when it
+    loads 224-trained weights at another size); the prefix (CLS) entries are kept."""
     n_old = pos.shape[1] - prefix
     n_new = target_shape[1] - prefix
     old = int(round(n_old ** 0.5))
@@ -144,9 +161,11 @@ def _resample_pos_embed(pos: torch.Tensor, target_shape: torch.Size, prefix: int
     if old * old != n_old or new * new != n_new or pos.shape[2] != target_shape[2]:
         raise WeightsError(f"pos_embed of shape {tuple(pos.shape)} cannot be resampled to "
                            f"{tuple(target_shape)}")
-    # the same resampling timm applies when it loads 224-trained weights at another size
-    return resample_abs_pos_embed(pos.float(), new_size=[new, new], old_size=[old, old],
-                                  num_prefix_tokens=prefix).to(pos.dtype)
+    c = pos.shape[2]
+    grid = pos[:, prefix:].float().reshape(1, old, old, c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False, antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, c).to(pos.dtype)
+    return torch.cat([pos[:, :prefix], grid], dim=1)
 
 
 def load_vit_state_dict(model: nn.Module, obj: Mapping[str, Any], *, source: str = "state dict") -> None:

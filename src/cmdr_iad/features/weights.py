@@ -45,6 +45,7 @@ __all__ = [
     "random_identity",
     "module_identity",
     "seeded_init_",
+    "materialize_empty",
     "read_state_dict",
 ]
 
@@ -148,6 +149,24 @@ def module_identity(kind: str, state_dict: Mapping[str, Any], name: str = "in-me
             if t.numel():
                 h.update(t.reshape(-1).view(torch.uint8).numpy())
     return WeightIdentity(kind=kind, file=name, sha256=h.hexdigest(), official=None)
+
+
+def materialize_empty(module: Any) -> Any:
+    """Give every parameter and buffer of a meta-device ``module`` uninitialised CPU storage, in
+    place; returns ``module``. (``Module.to_empty`` does the same through the meta-tensor
+    machinery, which imports sympy: ~40 MB of resident memory at inference.)"""
+    import torch
+    from torch import nn
+
+    for m in module.modules():
+        for k, p in list(m._parameters.items()):
+            if p is not None:
+                m._parameters[k] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                requires_grad=p.requires_grad)
+        for k, b in list(m._buffers.items()):
+            if b is not None:
+                m._buffers[k] = torch.empty(b.shape, dtype=b.dtype)
+    return module
 
 
 def seeded_init_(module: Any, seed: int) -> Any:
