@@ -8,7 +8,10 @@ valid mask is a realistic object silhouette) and random head weights, in eval mo
 - parts: Decoder3D's token-axis Linear, its five transposed convolutions (col2im kernel vs
   matmuls), Decoder2D's trunk (projection + windowed attention), its convolutions and its
   ``reconstruct`` MLP;
-- the fusion (``fusion.score``, box filters via ``avg_pool2d``).
+- the fusion (``fusion.score``, box filters via ``avg_pool2d``);
+- the roofline: per head on the exact path and per encoder, the FLOPs actually executed
+  (counted with ``FlopCounterMode``), the time and the achieved GFLOP/s against the in-run
+  matmul throughput.
 
 Also the largest difference between the plain and fast maps (must be at float32 rounding level)
 and the peak RSS increase of each. Times depend on the machine's load: compare within one run.
@@ -30,7 +33,8 @@ from pathlib import Path
 import torch
 
 
-def measure(grid: int = 224, sample_size: int = 800, seed: int = 0) -> dict:
+def measure(grid: int = 224, sample_size: int = 800, seed: int = 0,
+            valid_fraction: float | None = None) -> dict:
     from cmdr_iad.benchmark import PeakMemory, benchmark_samples, matmul_gflops
     from cmdr_iad.data.transforms import xyz_to_tensor
     from cmdr_iad.model import rows as row_paths
@@ -42,7 +46,7 @@ def measure(grid: int = 224, sample_size: int = 800, seed: int = 0) -> dict:
     from cmdr_iad.model.tokens import DenseRows
 
     torch.manual_seed(seed)
-    s = benchmark_samples(1, size=sample_size, seed=seed)[0]
+    s = benchmark_samples(1, size=sample_size, seed=seed, valid_fraction=valid_fraction)[0]
     valid = (xyz_to_tensor(s.xyz, grid) != 0).all(0)[None]  # (1, G, G)
     n = grid * grid
     heads = {"map2Dto3D": CrossModalMLP(768, 1152), "map3Dto2D": CrossModalMLP(1152, 768),
@@ -117,11 +121,55 @@ def measure(grid: int = 224, sample_size: int = 800, seed: int = 0) -> dict:
     out["parts"]["Dec2D reconstruct MLP, every pixel"] = t
     _, t, _ = timed(lambda: d2.reconstruct(rows[valid.view(1, -1)]))
     out["parts"]["Dec2D reconstruct MLP, valid pixels"] = t
-    _, t, _ = timed(lambda: score(maps["d_map2d"], maps["d_map3d"], maps["d_rec2d"], maps["d_rec3d"], valid))
+    _, t, _ = timed(lambda: score(*(maps[k][None] for k in ("d_map2d", "d_map3d", "d_rec2d", "d_rec3d")), valid))
     out["parts"]["fusion.score (Eq. 7, box filters)"] = t
+    out["roofline"] = roofline(heads, f2d, f3d, valid, s, grid)
     out["matmul_gflops_after"] = matmul_gflops("cpu")
     out["plain_total_s"] = sum(m["plain_s"] for m in out["maps"].values())
     out["fast_total_s"] = sum(m["fast_s"] for m in out["maps"].values())
+    return out
+
+
+def _counted(fn) -> tuple[float, int]:
+    """(seconds of one call, FLOPs its aten ops executed): timed without the counter, then
+    counted in a second call under `torch.utils.flop_counter.FlopCounterMode`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():
+        t = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    return seconds, int(counter.get_total_flops())
+
+
+def roofline(heads, f2d, f3d, valid, sample, grid: int) -> dict:
+    """Per head (exact valid-pixel path) and per encoder: the FLOPs it actually executes, its
+    time and the achieved GFLOP/s (compare with the in-run matmul throughput)."""
+    from cmdr_iad import presets
+    from cmdr_iad.data.transforms import transform_sample
+    from cmdr_iad.features.extractor import FeatureExtractor
+    from cmdr_iad.features.points3d import organized_points, point_features
+    from cmdr_iad.features.vit import vit_feature_map
+    from cmdr_iad.model.distances import sample_distance_maps
+    from cmdr_iad.model.tokens import DenseRows
+
+    out = {}
+    groups = {"mapping pair": ("map2Dto3D", "map3Dto2D"), "Dec2D": ("Dec2D",), "Dec3D": ("Dec3D",)}
+    for name, keys in groups.items():
+        sec, fl = _counted(lambda keys=keys: sample_distance_maps(
+            {k: heads[k] for k in keys}, DenseRows(f2d[0]), DenseRows(f3d[0]), valid[0]))
+        out[name] = {"seconds": sec, "gflop": fl / 1e9, "gflops": fl / 1e9 / sec}
+    cfg = presets.get("paper" if grid == 224 else "small", "rgb+xyz")
+    ext = FeatureExtractor(cfg.features, "rgb+xyz", random_backbones=True)
+    ts = transform_sample(sample, cfg.features)
+    rgb, xyz = ts.rgb[None], ts.xyz[None]
+    sec, fl = _counted(lambda: vit_feature_map(ext.vit, rgb))
+    out["ViT-B/8"] = {"seconds": sec, "gflop": fl / 1e9, "gflops": fl / 1e9 / sec}
+    pts, lengths, _ = organized_points(xyz)
+    sec, fl = _counted(lambda: point_features(ext.point_mae, pts, lengths, bn=cfg.features.point_mae_bn))
+    out["Point-MAE (grouping + network)"] = {"seconds": sec, "gflop": fl / 1e9, "gflops": fl / 1e9 / sec}
     return out
 
 
@@ -137,6 +185,12 @@ def format_report(r: dict) -> str:
                  f"speed-up {r['plain_total_s'] / r['fast_total_s']:.2f}x")
     lines.append("parts (s):")
     lines += [f"  {k:55} {v:7.2f}" for k, v in r["parts"].items()]
+    if r.get("roofline"):
+        mm = max(r["matmul_gflops_before"], r["matmul_gflops_after"])
+        lines.append(f"achieved throughput (executed FLOPs / time; matmul peak in this run {mm:.0f} GFLOP/s):")
+        for k, v in r["roofline"].items():
+            lines.append(f"  {k:32} {v['gflop']:8.1f} GFLOP  {v['seconds']:6.2f} s  {v['gflops']:6.0f} "
+                         f"GFLOP/s  {100 * v['gflops'] / mm:4.0f} %")
     return "\n".join(lines)
 
 
@@ -145,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", type=int, default=224)
     ap.add_argument("--sample-size", type=int, default=800)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--valid-fraction", type=float, default=None,
+                    help="share of valid pixels of the sample's cloud (default: as generated)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from cmdr_iad.benchmark import configure_threads
 
     configure_threads(args.threads)
-    r = measure(args.grid, args.sample_size)
+    r = measure(args.grid, args.sample_size, valid_fraction=args.valid_fraction)
     print(format_report(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))

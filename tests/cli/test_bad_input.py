@@ -138,6 +138,25 @@ def test_evaluate_rejects_a_bad_test_file_before_loading_the_model(cli, bad_inpu
                      names=named, watch=[data, stub_model, tmp_path])
 
 
+@pytest.mark.parametrize("verb", ["evaluate", "predict", "serve"])
+def test_fp16_off_cuda_is_one_line_before_the_model_loads(cli, bad_input, data, stub_model, tmp_path,
+                                                          no_work, verb):
+    folder = data / "puck" / "test" / "good"
+    argv = {"evaluate": ["evaluate", stub_model, data, "--out", tmp_path / "rep"],
+            "predict": ["predict", stub_model, "--rgb", folder / "rgb" / "000.png", "--out",
+                        tmp_path / "pred"],
+            "serve": ["serve", stub_model]}[verb]
+    err = bad_input([*argv, "--device", "cpu", "--precision", "fp16"], names="fp16",
+                    watch=[data, stub_model, tmp_path])
+    assert "only offered on CUDA" in err
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_benchmark_rejects_a_valid_fraction_outside_0_1(cli, bad_input, tmp_path, no_work, value):
+    bad_input(["benchmark", "--preset", "tiny", "--random-backbones", "--valid-fraction", value],
+              names="--valid-fraction", watch=[tmp_path])
+
+
 @pytest.mark.parametrize("case", sorted(set(CORRUPTIONS) - {"all_zero_clouds"}))
 def test_predict_rejects_a_bad_file_before_loading_the_model(cli, bad_input, data, stub_model, tmp_path, no_work, case):
     folder = data / "puck" / "test" / "good"

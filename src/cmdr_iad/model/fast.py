@@ -38,10 +38,13 @@ __all__ = [
     "conv_transpose2d_as_conv2d",
 ]
 
-CHUNK_ROWS = 2048
-"""Rows per chunk of a token-wise layer without autograd (CPU): 2048 × 1536 × 4 B ≈ 12.6 MB for the
-widest intermediate. Measured on the paper-size heads: 1024, 2048 and 4096 rows run at the same
-speed (±2 %), while the allocator's peak grows with the chunk (+154 / +163 / +220 MB)."""
+CHUNK_ROWS = 512
+"""Rows per chunk of a token-wise layer without autograd (CPU): 512 × 1536 × 4 B ≈ 3 MB for the
+widest intermediate, so a chunk's working set stays in the caches and the allocator's heap does
+not fragment into large free blocks. Measured on the paper preset at 95 % valid pixels (one run,
+fresh processes, 2 threads, `benchmarks/bench_pipeline.py`): the heads take 16.4-17.6 s with 512
+rows, 18.9 s with 1024 and 18.0-19.7 s with 2048, and the peak RSS is 1845-1868 / 1879 /
+1912-1925 MB."""
 
 _CUDA_CHUNK_ROWS = 65536
 
