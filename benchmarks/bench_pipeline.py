@@ -322,7 +322,8 @@ def render(data: dict) -> str:
                                           "bf16's but the speed is not)") + ".", "",
                   f"- largest relative map difference {pd['map_max_rel']:.1e}; image score |Δ| ≤ "
                   f"{pd['score_max_abs']:.1e} (relative {pd['score_max_rel']:.1e}); Spearman of the "
-                  f"image scores {pd['spearman']:.5f}; 3D support masks identical: {pd['valid_equal']}"]
+                  f"image scores {pd['spearman']:.5f}; 3D support masks identical: {pd['valid_equal']}; "
+                  f"smallest relative gap between two fp32 scores {pd['score_min_rel_gap']:.1e}"]
         for k, v in pd["delta_points"].items():
             lines.append(f"- {k}: {100 * pd['metrics_fp32'][k]:.2f} → {100 * pd['metrics_reduced'][k]:.2f} "
                          f"({v:+.3f} points; bound ±0.5)")

@@ -10,7 +10,10 @@ issue of record asks of a precision mode:
 - ``spearman``: the Spearman rank correlation of the image scores of both runs;
 - ``delta_points``: the metric differences (reduced − fp32) in percentage points, for
   I-AUROC, P-AUROC and AUPRO@30 % (the paper protocol, `evaluation.compute_metrics`);
-- ``valid_equal``: whether the 3D support masks are identical (the geometry stays fp32).
+- ``valid_equal``: whether the 3D support masks are identical (the geometry stays fp32);
+- ``score_min_rel_gap``: the smallest relative gap between two fp32 image scores. Spearman ≥
+  0.999 allows no swapped pair below ~25 samples, so on a small test set two near-tied scores
+  (gap below the relative score deviation) fail it whatever the precision of any one layer.
 
 :data:`ACCEPT` holds the acceptance bounds (|Δ| ≤ 0.5 points on each metric, Spearman ≥ 0.999)
 and :func:`within_bounds` checks a report against them.
@@ -49,6 +52,13 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _min_rel_gap(scores: np.ndarray) -> float:
+    """Smallest gap between consecutive sorted scores, relative to the larger one: a score
+    deviation above it can swap two samples (and lower the Spearman correlation)."""
+    s = np.sort(np.abs(scores))
+    return float((np.diff(s) / np.maximum(s[1:], 1e-12)).min()) if len(s) > 1 else float("inf")
+
+
 def precision_deviation(det: Any, dataset: Sequence[Any], precision: str, *, emulate: bool = False,
                         batch_size: int = 1, say: Callable[[str], None] | None = None
                         ) -> dict[str, Any]:
@@ -82,6 +92,8 @@ def precision_deviation(det: Any, dataset: Sequence[Any], precision: str, *, emu
         "delta_points": deltas,
         "valid_equal": all(np.array_equal(a, b) for a, b in zip(low["valids"], exact["valids"],
                                                                 strict=True)),
+        "score_min_rel_gap": _min_rel_gap(exact["scores"]),
+        "scores_fp32": exact["scores"].tolist(), "scores_reduced": low["scores"].tolist(),
         "metrics_fp32": {k: m32[k] for k in DEVIATION_METRICS},
         "metrics_reduced": {k: mlo[k] for k in DEVIATION_METRICS},
     }

@@ -29,6 +29,9 @@ def test_bf16_stays_within_the_deviation_bounds(tiny_model, synth_root):
     assert rep["valid_equal"]  # the geometry stayed fp32: identical 3D support
     assert 0 < rep["map_max_rel"] < 0.05  # bf16 ran (maps moved), and not far
     assert rep["spearman"] >= ACCEPT["min_spearman"]
+    # the order is robust, not lucky: bf16 moves each score by far less than the smallest gap
+    # between two scores (measured: 0.4 % against 1.9 %)
+    assert rep["score_max_rel"] < rep["score_min_rel_gap"] / 2
     # the checker is not blind: a moved metric or a swapped score order is reported
     assert within_bounds({**rep, "delta_points": {"p_auroc": 0.6}})
     assert within_bounds({**rep, "spearman": 0.99})
