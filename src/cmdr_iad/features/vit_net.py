@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .point_mae import Mlp  # fc1 → GELU → fc2: the same transformer MLP as Point-MAE's
+
 __all__ = ["VisionTransformer"]
 
 
@@ -51,17 +53,6 @@ class Attention(nn.Module):
             2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
