@@ -191,7 +191,8 @@ def render(data: dict) -> str:
     for r in res:
         vf = "–" if r["valid_fraction"] is None else f"{100 * r['valid_fraction']:.0f} %"
         lines.append(
-            f"| {r['preset']} | {r['modality']} | {r['batch_size']} | {r['heads']} | {r['precision']} "
+            f"| {r['preset']} | {r['modality']} | {r['batch_size']} | {r['heads']} | {r['precision']}"
+            f"{' (bf16 asked; not native here)' if any('running fp32' in n for n in r.get('notes', [])) else ''} "
             f"| {r['seconds_per_sample']:.2f} | {r['fps']:.2f} | {r['peak_memory_mb']:.0f} MB "
             f"| {r['flops_per_sample'] / 1e9:.0f} | {r['matmul_gflops']:.0f} "
             f"| {100 * r['matmul_fraction']:.0f} % | {vf} |")
@@ -262,7 +263,7 @@ def render(data: dict) -> str:
     lines += [
         "## Memory",
         "",
-        f"Resident after building the detector (torch runtime, timm, all weights): "
+        f"Resident after building the detector (torch runtime, all weights): "
         f"{mem['resident_mb_after_build']:.0f} MB; peak during inference {mem['peak_memory_mb']:.0f} MB "
         "(MB = 2²⁰ bytes). `import torch` alone is ~510 MB of RSS with this CUDA build of torch "
         "(its CUDA libraries are loaded at import); the weights are ~830 MB (ViT-B/8 343 MB, "
@@ -276,7 +277,7 @@ def render(data: dict) -> str:
         "28×28 ViT map and is upsampled bilinearly at the pixels a head reads (19 MB of "
         "width-interpolated rows); F3D is kept only at the grid cells its 3×3 + adaptive pooling can "
         "reach from a point (~50 MB at ~20 % valid pixels), bit-identical to the dense map there and "
-        "exactly zero elsewhere. The heads read those rows in chunks of 2048, Decoder2D/3D hand "
+        "exactly zero elsewhere. The heads read those rows in chunks of 512 (`model.fast.CHUNK_ROWS`), Decoder2D/3D hand "
         "their outputs over chunk by chunk, Point-MAE's group encoder runs in chunks of 4096 points "
         "with its BatchNorm statistics in two passes, and glibc's free pages are returned "
         "(`malloc_trim`) between the stages. Training and the feature cache keep the dense maps.",
@@ -360,7 +361,7 @@ def render(data: dict) -> str:
         "zeros) and runs its five transposed 1D convolutions as plain matmuls in a channels-last "
         "layout instead of torch's col2im kernel (the last one was ~4× slower than its matmuls).",
         "- The features are read through token sources (see Memory): no 154 MB upsampling of F2D "
-        "and no 231 MB dense F3D per sample; the valid rows are read in chunks of 2048 and the "
+        "and no 231 MB dense F3D per sample; the valid rows are read in chunks of 512 and the "
         "mapping pair shares each chunk; samples of a batch go one at a time through extraction "
         "and heads, so memory per sample stays flat.",
         "- Point-MAE's largest layer, Conv1d(512→512) on [max-pooled group feature; point feature], "
