@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -32,6 +34,21 @@ def test_synth_bad_arguments_exit_2(tmp_path, capsys, bad):
     assert main(["synth", str(tmp_path / "x"), "--quiet", *bad]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cmdr-iad: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_synth_unknown_scene_exits_2_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse's choices, through our one-line parser
+        main(["synth", str(tmp_path / "x"), "--scene", "studio"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "studio" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_synth_station_scene(tmp_path):
+    assert main(["synth", str(tmp_path / "s"), *ARGS, "--scene", "station", "--quiet"]) == 0
+    assert json.loads((tmp_path / "s" / "synthetic.json").read_text())["scene"] == "station"
+    assert main(["synth", str(tmp_path / "v"), *ARGS, "--quiet"]) == 0
+    assert json.loads((tmp_path / "v" / "synthetic.json").read_text())["scene"] == "varied"
 
 
 def test_synth_out_is_a_file(tmp_path, capsys):

@@ -10,6 +10,7 @@ import pytest
 from cmdr_iad.data.mvtec3d import MVTec3DDataset, list_categories
 from cmdr_iad.data.synthetic import (
     DEFECT_TYPES,
+    SCENES,
     SHAPES,
     category_names,
     generate_dataset,
@@ -69,6 +70,32 @@ def test_scan_has_table_plane_missing_points_and_variation():
     assert np.abs(s.rgb.astype(int) - t.rgb.astype(int)).mean() > 3
 
 
+@pytest.mark.parametrize("defect", [None, "stain", "dent"])
+def test_station_scene_changes_only_the_lighting_and_the_table(defect):
+    """Same random draws in both scenes: the geometry, the GT and the defects are identical."""
+    varied = synth_sample("puck", seed=[1, 2], size=SIZE, defect=defect)
+    station = synth_sample("puck", seed=[1, 2], size=SIZE, defect=defect, scene="station")
+    np.testing.assert_array_equal(varied.xyz, station.xyz)
+    np.testing.assert_array_equal(varied.gt, station.gt)
+    assert np.abs(varied.rgb.astype(int) - station.rgb.astype(int)).mean() > 1
+
+
+def test_station_scene_shows_one_table_under_every_part():
+    """The image border (table only) of two scans correlates in a station, not in varied scenes."""
+    border = np.zeros((96, 96), bool)
+    border[:8], border[-8:], border[:, :8], border[:, -8:] = True, True, True, True
+
+    def corr(scene: str, k: int) -> float:
+        a, b = (synth_sample("puck", seed=[1, j], size=(96, 96), scene=scene).rgb.mean(-1)
+                for j in (k, k + 10))
+        return float(np.corrcoef(a[border], b[border])[0, 1])
+
+    station = [corr("station", k) for k in range(3)]
+    varied = [corr("varied", k) for k in range(3)]
+    assert min(station) > 0.7, station  # measured 0.77-0.82 (the rest is sensor noise and gain)
+    assert max(varied) < min(station), (varied, station)  # varied: 0.65, -0.62, -0.55
+
+
 def test_generate_dataset_round_trip(tmp_path):
     root = generate_dataset(tmp_path / "d", categories=2, n_train=4, n_val=2, n_test_good=2,
                             n_test_defect=1, size=(128, 128), seed=1)
@@ -107,11 +134,14 @@ def test_category_names_and_bad_arguments(tmp_path):
     s1 = synth_sample("puck", seed=0, size=(32, 32))
     assert not np.array_equal(s1.rgb, s2.rgb)
     for bad in ({"categories": ["bagel"]}, {"n_train": 0}, {"n_test_good": -1},
-                {"defect_types": ("scratch",)}):
+                {"defect_types": ("scratch",)}, {"scene": "studio"}):
         with pytest.raises(ValueError):
             generate_dataset(tmp_path / "x", **bad)
     with pytest.raises(ValueError):
         synth_sample("puck", size=(8, 8))
+    with pytest.raises(ValueError, match="unknown scene"):
+        synth_sample("puck", size=(32, 32), scene="studio")
+    assert SCENES == ("varied", "station")
 
 
 def test_cloud_with_valid_fraction_exact_share_compact_object():

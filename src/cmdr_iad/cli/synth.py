@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"),
                    help="image size (default 128 128)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--scene", default="varied", choices=("varied", "station"),
+                   help="varied (default): a random light direction and table per scan; station: "
+                        "one fixed light and table for every scan, as at an inspection station")
     add_quiet(p)
     p.set_defaults(func=run)
 
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = require_writable(output_path(args, "out", "OUT"), "output folder")
     cats = category_names(args.categories)
     kw = dict(categories=cats, n_train=args.train, n_val=args.val, n_test_good=args.test_good,
-              n_test_defect=args.test_defect, size=(h, w), seed=args.seed)
+              n_test_defect=args.test_defect, size=(h, w), seed=args.seed, scene=args.scene)
     from ..progress import progress
 
     with progress(None, "synth", enabled=bars_enabled(args)) as bar:

@@ -41,6 +41,12 @@ _FOV_M = 0.12  # field of view across min(H, W) at the table, metres
 _Z0_M = 0.40  # camera-to-table distance, metres
 _R0_M = 0.032  # nominal object radius, metres
 _NOISE_M = 1e-4  # depth noise (std), metres
+# scene "station": one inspection station for every part: its light (azimuth, elevation ± jitter)
+# and its table texture (drawn once from _STATION_SEED) are fixed
+SCENES = ("varied", "station")
+_STATION_AZ, _STATION_AZ_JITTER = np.deg2rad(35), np.deg2rad(10)
+_STATION_EL, _STATION_EL_JITTER = np.deg2rad(55), np.deg2rad(5)
+_STATION_SEED = 11
 
 # per shape: base albedo (RGB in [0, 1]), nominal height (m)
 _STYLE = {
@@ -154,13 +160,21 @@ def _segment_distance(px: np.ndarray, py: np.ndarray, pts: np.ndarray) -> np.nda
 # ----------------------------------------------------------------------------- one sample
 
 def synth_sample(category: str, *, seed: int | Sequence[int] = 0, size: tuple[int, int] = (128, 128),
-                 defect: str | None = None) -> SynthSample:
+                 defect: str | None = None, scene: str = "varied") -> SynthSample:
     """Render one scan. With the same `seed`, `defect=None` gives the intact version of the scan.
+
+    scene: "varied" (default): a random light direction and table texture per scan;
+    "station": one fixed station for all scans (light within ±10° azimuth and ±5° elevation of
+    one direction, the same table), so that a part's appearance follows from its geometry
+    except for its own texture. Both take the same random draws: the parts, poses, textures and
+    defects are the same in both scenes.
 
     The defect's own random choices come from a separate stream, so that the defect-free and the
     defective renders share everything else.
     """
     shape, variant = _parse_category(category)
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; use one of {', '.join(SCENES)}")
     if defect is not None and defect not in DEFECT_TYPES:
         raise ValueError(f"unknown defect type {defect!r}; use one of {', '.join(DEFECT_TYPES)}")
     h_px, w_px = int(size[0]), int(size[1])
@@ -205,7 +219,11 @@ def synth_sample(category: str, *, seed: int | Sequence[int] = 0, size: tuple[in
     gy, gx = np.gradient(hgt, pitch)
     surf_n = np.stack([-gx, -gy, np.ones_like(hgt)], -1)
     surf_n /= np.linalg.norm(surf_n, axis=-1, keepdims=True)
-    az, el = rng.uniform(0, 2 * np.pi), rng.uniform(np.deg2rad(40), np.deg2rad(70))
+    if scene == "station":
+        az = _STATION_AZ + rng.uniform(-1, 1) * _STATION_AZ_JITTER
+        el = _STATION_EL + rng.uniform(-1, 1) * _STATION_EL_JITTER
+    else:
+        az, el = rng.uniform(0, 2 * np.pi), rng.uniform(np.deg2rad(40), np.deg2rad(70))
     light = np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)])
     ambient = rng.uniform(0.3, 0.45)
     gain = rng.uniform(0.85, 1.15)
@@ -214,6 +232,10 @@ def synth_sample(category: str, *, seed: int | Sequence[int] = 0, size: tuple[in
     alb_obj = _albedo(shape, rng, lu, lv, base)
     table_col = np.array([0.55, 0.55, 0.57]) * rng.uniform(0.85, 1.1)
     tnoise = _value_noise(rng, uu / m, vv / m, 5, 1.0)
+    if scene == "station":  # the same table under every part, drawn once per image size
+        frng = np.random.default_rng(np.random.SeedSequence([_STATION_SEED, h_px, w_px]))
+        table_col = np.array([0.55, 0.55, 0.57]) * frng.uniform(0.85, 1.1)
+        tnoise = _value_noise(frng, uu / m, vv / m, 5, 1.0)
     alb_table = table_col[None, None, :] * (0.9 + 0.15 * tnoise[..., None])
     shadow_len = max(1, round(0.04 * m / np.tan(el)))
     cast = _shift(obj, int(round(-np.sin(az) * shadow_len)), int(round(-np.cos(az) * shadow_len)))
@@ -333,7 +355,8 @@ def generate_dataset(out: str | os.PathLike, categories: Sequence[str] | int = (
                      n_train: int = 8, n_val: int = 2, n_test_good: int = 3, n_test_defect: int = 1,
                      size: tuple[int, int] = (128, 128), seed: int = 0,
                      defect_types: Sequence[str] = tuple(DEFECT_TYPES),
-                     on_sample: Callable[[int, int], None] | None = None) -> Path:
+                     on_sample: Callable[[int, int], None] | None = None,
+                     scene: str = "varied") -> Path:
     """Write a dataset in the MVTec 3D-AD layout under `out` and return `out`.
 
     `<cat>/{train,validation}/good/{rgb,xyz}`, `<cat>/test/good/{rgb,xyz,gt}`,
@@ -341,7 +364,8 @@ def generate_dataset(out: str | os.PathLike, categories: Sequence[str] | int = (
     float32 zlib TIFF xyz (metres), PNG gt 0/255, plus `synthetic.json` describing the set.
     `out` must be new, empty, or a previous synthetic set (which is replaced). Files are written
     atomically; the same arguments always give identical files.
-    on_sample(done, total) is called after each sample (progress bars).
+    on_sample(done, total) is called after each sample (progress bars). scene: see
+    :func:`synth_sample`.
     """
     cats = category_names(categories) if isinstance(categories, int) else list(categories)
     if not cats:
@@ -357,6 +381,8 @@ def generate_dataset(out: str | os.PathLike, categories: Sequence[str] | int = (
     for d in defect_types:
         if d not in DEFECT_TYPES:
             raise ValueError(f"unknown defect type {d!r}; use one of {', '.join(DEFECT_TYPES)}")
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; use one of {', '.join(SCENES)}")
     out = Path(out)
     _clear_previous(out)
     plan: list[tuple[str, str, str, int]] = []  # category, split, type, index
@@ -370,7 +396,8 @@ def generate_dataset(out: str | os.PathLike, categories: Sequence[str] | int = (
         shape, variant = _parse_category(c)
         type_code = 0 if dtype == "good" else 1 + list(DEFECT_TYPES).index(dtype)
         sseed = [int(seed), SHAPES.index(shape), variant, _SPLIT_CODE[split], type_code, i]
-        smp = synth_sample(c, seed=sseed, size=size, defect=None if dtype == "good" else dtype)
+        smp = synth_sample(c, seed=sseed, size=size, defect=None if dtype == "good" else dtype,
+                           scene=scene)
         folder = out / c / split / dtype
         stem = f"{i:03d}"
         write_rgb(folder / "rgb" / f"{stem}.png", smp.rgb, compress_level=1)
@@ -383,7 +410,7 @@ def generate_dataset(out: str | os.PathLike, categories: Sequence[str] | int = (
         "generator": "cmdr_iad.data.synthetic", "seed": int(seed), "size": [int(size[0]), int(size[1])],
         "categories": cats, "n_train": n_train, "n_val": n_val, "n_test_good": n_test_good,
         "n_test_defect_per_type": n_test_defect,
-        "defect_types": {d: DEFECT_TYPES[d] for d in defect_types}, "units": "m",
+        "defect_types": {d: DEFECT_TYPES[d] for d in defect_types}, "units": "m", "scene": scene,
     }
     with atomic_output(out / "synthetic.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
