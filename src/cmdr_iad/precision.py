@@ -12,7 +12,10 @@ run under :func:`autocast`; their outputs are cast back to float32 where they le
 network (`features`, `model.distances`). The geometry (FPS, k-NN, 3-NN interpolation weights,
 `features.geometry`) is decorated with :func:`full_precision`, so it runs in float32 even
 inside an autocast region. Autocast rather than bf16 copies of the weights: one code path for
-every precision, and the weight casts it adds per call are ~0.1 % of a head chunk's FLOPs.
+every precision, at nearly the same speed. Measured on an AVX-512 BF16 CPU (2 threads), an
+``nn.Linear(1152→960)`` on a head chunk of 512 rows: fp32 163 GFLOP/s, autocast bf16 656,
+bf16 weights with the input cast per call 679 (3.5 % faster; 2048 and 8192 rows: equal within
+1 %).
 
 ``emulate=True`` (tests and the deviation benchmark only) runs bf16 on a CPU without native
 support: the numerics are those of bf16, the speed is not (emulated bf16 matmuls run ~10× slower
