@@ -17,11 +17,24 @@ the heads learn: rgb 0.908 → 0.917 although the unsmoothed d_rec2d inside the 
 0.18 to 0.84 AUROC (issue 15 note). On raw clouds (table plane kept, every pixel valid)
 training loses; the heads learn the plane.
 
-RGB+3D (slow): with random backbones the cross-modal mapping heads have no correspondence to
-learn (held-out map2d cosine error stays at 0.17, rec3d at 0.007), and their errors on the
-object rim lower the fused P-AUROC (0.872 → 0.800 on the 3D defects; tiny and small presets
-alike). That test checks that the held-out errors fall, then xfails naming the numbers while the
-gain is missing, and asserts it once it is there.
+RGB+3D (slow): the held-out errors fall, but with random backbones the fused map does not gain
+on the 3D defects (`benchmarks/bench_learning.py` gives every number below):
+
+* the 3D support the reference's pooled feature mask adds around the object (cells without a
+  3D point) is 41 % of the support at this 32-cell grid (28 % at 56, 16 % at 112, 8 % at the
+  paper's 224), and the trained d_map3d is highest there (mean 0.23 against 0.14 on the object);
+* random Point-MAE features barely vary (held-out cosine errors 0.007-0.016), and the 2D→3D
+  mapping error does not flag 3D defects (AUROC 0.46 against normal object cells), so
+  A_map = α·d_map2d·d_map3d does not help on them even at grid 112 (station scene): full
+  fusion 0.934 → 0.915 P-AUROC on the 3D defects, 0.925 → 0.953 on the colour defects,
+  reconstruction alone 0.934 → 0.954 on the 3D ones;
+* a mapping that can be learnt does not change this: with `scene="station"` (one fixed light and
+  table) the held-out map3Dto2D error falls to 0.046 (0.18 with varied scenes), the fused
+  P-AUROC on the 3D defects still falls (0.876 → 0.786).
+
+That test checks that the held-out errors fall and that the model's reconstruction branch
+(A_rec) beats the untrained one on both defect kinds by `REC_MARGIN`, then xfails naming the
+fused numbers while that gain is missing, and asserts it once it is there.
 """
 
 from __future__ import annotations
@@ -39,6 +52,10 @@ EPOCHS = 10
 MARGIN = {"xyz": {"p_auroc": 0.012, "aupro_30": 0.035},
           "rgb": {"p_auroc": 0.3, "aupro_30": 0.3},
           "rgb+xyz": {"p_auroc": 0.01, "aupro_30": 0.02}}
+# A_rec of the RGB+3D model, untrained → trained, measured: 3D defects P-AUROC 0.878 → 0.911,
+# AUPRO@30 % 0.580 → 0.781; colour defects 0.866 → 0.957, 0.592 → 0.887 (half of each gain)
+REC_MARGIN = {"3d": {"p_auroc": 0.015, "aupro_30": 0.1},
+              "colour": {"p_auroc": 0.045, "aupro_30": 0.15}}
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +120,35 @@ def test_trained_rgb_heads_beat_untrained_ones_on_colour_defects(clean_root, tmp
     _assert_beats(before, after, "rgb")
 
 
+def _branch_metrics(det, root: Path, variant: str) -> dict[str, dict[str, float]]:
+    """{defect group: metrics} of fusion ``variant`` on the good + that group's test samples."""
+    test = _split(root, "test")
+    keep = det.config
+    det.config = det.config.replace(score={"variant": variant})
+    try:
+        return {g: evaluate_detector(det, [test[i] for i, k in enumerate(test.keys)
+                                           if k.split("/")[2] in ("good", *kinds)]).metrics
+                for g, kinds in (("3d", VISIBLE["xyz"]), ("colour", VISIBLE["rgb"]))}
+    finally:
+        det.config = keep
+
+
 @pytest.mark.slow
 def test_rgb_xyz_heldout_falls_but_no_fused_gain_with_random_backbones(clean_root, tmp_path):
-    before, after, report, det = _train_and_compare(clean_root, tmp_path / "cache", "rgb+xyz")
+    cfg = presets.tiny("rgb+xyz").replace(train={"epochs": EPOCHS, "batch_size": 1, "seed": 0})
+    det = CMDRIAD(cfg, random_backbones=True, device="cpu")
+    test = list(_split(clean_root, "test"))
+    before, rec_before = evaluate_detector(det, test).metrics, _branch_metrics(
+        det, clean_root, "reconstruction_only")
+    report = det.fit(_split(clean_root, "train"), _split(clean_root, "validation"),
+                     cache_dir=tmp_path / "cache", progress=False)
+    after, rec_after = evaluate_detector(det, test).metrics, _branch_metrics(
+        det, clean_root, "reconstruction_only")
     _assert_heldout_falls(report, det)
+    # the reconstruction branch of the RGB+3D model (A_rec, Eq. 7 without A_map) learns both kinds
+    for g, kind in REC_MARGIN.items():
+        for m, margin in kind.items():
+            assert rec_after[g][m] - rec_before[g][m] > margin, (g, m, rec_before[g][m], rec_after[g][m])
     if after["p_auroc"] - before["p_auroc"] <= MARGIN["rgb+xyz"]["p_auroc"]:
         pytest.xfail(f"rgb+xyz: no fused P-AUROC gain with random backbones "
                      f"({before['p_auroc']:.3f} -> {after['p_auroc']:.3f}), see the module docstring")
